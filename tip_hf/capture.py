@@ -1,0 +1,144 @@
+"""Forward hooks that collect what a per-example gradient sketch needs, for a whole batch.
+
+For a target module ``y = W x`` the per-example weight gradient is ``sum_t delta_t x_t^T``
+with ``delta = dL/dy``. The forward hook projects each input ``x`` right away (keeping only
+``[N, T, blocks, r]``) and keeps a handle on the output ``y``; after the forward pass one
+``torch.autograd.grad(loss, outputs)`` returns every ``delta`` at once -- one backward pass
+for the batch, and no weight gradient is ever computed. Padding tokens are zeroed on both
+sides, and all hook arithmetic runs in ``float32`` with autocast disabled.
+
+One :class:`GradientCapture` owns every hook handle; it is a context manager that removes
+them on exit, exceptions included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .projection import KroneckerProjection
+from .targets import Target
+
+__all__ = ["GradientCapture"]
+
+
+def _per_token(values: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
+    """View a module input/output as ``[N, T, d]`` in float32 with padding zeroed."""
+    if values.dim() == 2:
+        if values.shape[0] != n:
+            raise RuntimeError(
+                f"A target module saw a 2-D input with {values.shape[0]} rows for a batch of {n}; "
+                "tip_hf cannot tell which example each row belongs to. Target a module whose "
+                "input is [batch, tokens, features] or [batch, features]."
+            )
+        return values.float().unsqueeze(1)
+    if values.shape[0] != n:
+        raise RuntimeError(f"A target module's input has leading size {values.shape[0]}, batch is {n}.")
+    values = values.float().flatten(1, -2)
+    if mask is not None and values.shape[1] == mask.shape[1]:
+        values = torch.where(mask.unsqueeze(-1), values, 0.0)
+    return values
+
+
+class GradientCapture:
+    """Hooks on the target modules; yields per-example intermediate sketches ``[N, M]``.
+
+    Usage::
+
+        with GradientCapture(projection, targets) as capture:
+            capture.begin(token_mask)          # [N, T] bool, True on real tokens
+            loss = per_example_losses(model(**batch)).sum()
+            grads = torch.autograd.grad(loss, capture.outputs(), allow_unused=True)
+            z = capture.intermediate(grads)    # [N, projection.intermediate_dim]
+    """
+
+    def __init__(
+        self, projection: KroneckerProjection, targets: Sequence[tuple[Target, nn.Module]]
+    ) -> None:
+        self.projection = projection
+        self.targets = list(targets)
+        self._handles: list[RemovableHandle] = []
+        self._mask: torch.Tensor | None = None
+        self._n = 0
+        # per module name: one entry per call of the module in this forward pass
+        self._inputs: dict[str, list[torch.Tensor]] = {}
+        self._outputs: dict[str, list[torch.Tensor]] = {}
+
+    def __enter__(self) -> GradientCapture:
+        if self._handles:
+            raise RuntimeError("GradientCapture is already active; it cannot be nested.")
+        try:
+            for target, module in self.targets:
+                self._handles.append(module.register_forward_hook(self._hook(target.name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook and drop every captured tensor."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._inputs.clear()
+        self._outputs.clear()
+        self._mask = None
+
+    def begin(self, token_mask: torch.Tensor) -> None:
+        """Start a batch: ``token_mask`` is ``[N, T]``, True on tokens that are not padding."""
+        self._inputs = {t.name: [] for t, _ in self.targets}
+        self._outputs = {t.name: [] for t, _ in self.targets}
+        self._mask = token_mask.bool()
+        self._n = token_mask.shape[0]
+
+    def _hook(self, name: str):  # noqa: ANN202 - torch hook signature
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            if self._mask is None:
+                return  # the model ran outside a sketch (e.g. a generate() call)
+            if not output.requires_grad:
+                raise RuntimeError(
+                    f"The output of target module '{name}' does not require grad, so its "
+                    "per-example gradient cannot be taken. Run the forward pass with grad enabled."
+                )
+            with torch.autocast(device_type=output.device.type, enabled=False):
+                inputs = _per_token(args[0].detach(), self._mask, self._n)
+                self._inputs[name].append(self.projection.project_side(name, "in", inputs))
+            self._outputs[name].append(output)
+
+        return hook
+
+    def outputs(self) -> list[torch.Tensor]:
+        """Every captured module output, in a fixed order (pass to ``autograd.grad``)."""
+        if any(not outs for outs in self._outputs.values()):
+            missing = [name for name, outs in self._outputs.items() if not outs]
+            raise RuntimeError(
+                f"Target modules were not called in the forward pass: {missing[:5]}. Check that "
+                "the targets belong to the model being run (e.g. the active LoRA adapter)."
+            )
+        return [out for outs in self._outputs.values() for out in outs]
+
+    def intermediate(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Combine captured inputs with output gradients (same order as :meth:`outputs`)."""
+        device = next(iter(self._outputs.values()))[0].device
+        z = torch.zeros(self._n, self.projection.intermediate_dim, device=device)
+        position = 0
+        with torch.autocast(device_type=device.type, enabled=False):
+            for name, inputs in self._inputs.items():
+                block = self.projection.layout[name]
+                span = slice(block.offset, block.offset + block.size)
+                for x_proj in inputs:
+                    grad = grads[position]
+                    position += 1
+                    if grad is None:
+                        continue  # the loss does not depend on this call
+                    deltas = _per_token(grad, self._mask, self._n)
+                    d_proj = self.projection.project_side(name, "out", deltas)
+                    z[:, span] += self.projection.combine(name, d_proj, x_proj)
+        return z

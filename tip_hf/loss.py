@@ -1,0 +1,57 @@
+"""Per-example losses: the quantity whose gradient an example's sketch compresses.
+
+- ``causal_lm``: mean token cross-entropy of the example over its *own* target tokens
+  (labels shifted by one as Hugging Face does; ``-100`` ignored), so an example's loss does
+  not depend on what else is in the batch or on padding.
+- ``sequence_classification``: the example's cross-entropy (``num_labels > 1``), squared
+  error (one regression output), or mean binary cross-entropy (multi-label float targets).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Task", "IGNORE_INDEX", "per_example_loss"]
+
+Task = Literal["causal_lm", "sequence_classification"]
+IGNORE_INDEX = -100
+
+
+def per_example_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task: Task
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of each example, in ``float32``.
+
+    Args:
+        logits: ``[N, T, V]`` (causal LM) or ``[N, C]`` (classification).
+        labels: ``[N, T]`` token ids with ``-100`` on ignored tokens, or ``[N]`` class ids,
+            ``[N]`` floats (regression) or ``[N, C]`` floats (multi-label).
+
+    Returns:
+        ``(losses [N], counts [N])`` where ``counts`` is the number of loss terms; an example
+        with no target token has loss 0 and count 0.
+    """
+    n = logits.shape[0]
+    if task == "causal_lm":
+        targets = labels[:, 1:]
+        valid = targets != IGNORE_INDEX
+        rows = torch.arange(n, device=logits.device).unsqueeze(1).expand_as(targets)[valid]
+        # Select valid positions before the softmax: padding positions never enter the
+        # arithmetic, so a NaN there cannot leak into the result.
+        token_losses = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="none")
+        counts = valid.sum(1)
+        sums = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, token_losses)
+        return sums / counts.clamp(min=1), counts
+    if task == "sequence_classification":
+        logits = logits.float()
+        ones = torch.ones(n, dtype=torch.long, device=logits.device)
+        if labels.is_floating_point() and labels.shape == logits.shape and logits.shape[-1] > 1:
+            losses = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(-1)
+            return losses, ones
+        if logits.shape[-1] == 1:
+            return (logits.squeeze(-1) - labels.float()).pow(2), ones
+        return F.cross_entropy(logits, labels.long(), reduction="none"), ones
+    raise ValueError(f"Invalid task: {task!r}. Must be one of 'causal_lm', 'sequence_classification'.")

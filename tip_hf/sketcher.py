@@ -1,0 +1,186 @@
+"""`GradientSketcher`: per-example gradient sketches of a Hugging Face model, a batch at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .capture import GradientCapture
+from .errors import NonFiniteGradientError
+from .loss import IGNORE_INDEX, per_example_loss
+from .spec import ValuationSpec
+from .targets import resolve_targets, unwrap_model
+
+__all__ = ["GradientSketcher"]
+
+logger = logging.getLogger(__name__)
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class GradientSketcher:
+    """Sketches ``s_i = P g_i`` of per-example gradients, one backward pass per batch.
+
+    ``g_i`` is the gradient of example ``i``'s own loss (see :mod:`tip_hf.loss`) with respect
+    to the spec's target weights; ``P`` is the spec's seeded projection. The model runs in
+    eval mode (no dropout) and its weights are left untouched: no ``.grad`` is written.
+
+    Args:
+        model: a ``transformers`` model (or a peft model around one).
+        spec: the valuation settings.
+        autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype
+            (``torch.bfloat16`` recommended; hook arithmetic always stays in ``float32``).
+    """
+
+    def __init__(
+        self, model: nn.Module, spec: ValuationSpec, *, autocast_dtype: torch.dtype | None = None
+    ) -> None:
+        self.model = unwrap_model(model)
+        self.spec = spec
+        self.autocast_dtype = autocast_dtype
+        self.targets = resolve_targets(self.model, spec.targets)
+        self.projection = spec.projection(self.model)
+        self._accepts_position_ids = _accepts(self.model, "position_ids")
+        self._max_positions = _max_positions(self.model)
+
+    @property
+    def proj_dim(self) -> int:
+        return self.spec.proj_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def target_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, weight)`` of every target, in the order of the flattened gradient ``g``."""
+        return [(f"{t.name}.weight", module.weight) for t, module in self.targets]
+
+    def projection_matrix(self) -> torch.Tensor:
+        """Explicit ``D x k`` matrix ``P`` (``float64``, CPU) with ``sketch == g @ P`` where
+        ``g`` concatenates ``[p.grad.flatten() for _, p in target_parameters()]``.
+        For small models: refuses more than 2e8 entries."""
+        return self.projection.matrix()
+
+    # -- batches -------------------------------------------------------------------------
+    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        if "input_ids" not in batch:
+            raise KeyError(f"The batch has no `input_ids` (keys: {sorted(batch)}). Pass tokenised examples.")
+        device = self.device
+        input_ids = torch.as_tensor(batch["input_ids"]).to(device)
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be [batch, tokens], got shape {tuple(input_ids.shape)}.")
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask).to(device)
+        lengths = mask.sum(1)
+        if self._max_positions is not None and input_ids.shape[0] and int(lengths.max()) > self._max_positions:
+            worst = int(lengths.argmax())
+            raise ValueError(
+                f"Example {worst} of the batch has {int(lengths[worst])} tokens, more than the model's "
+                f"{self._max_positions} positions. Truncate the inputs (tokenizer `max_length=`, or "
+                f"`sketch_dataset(..., max_length={self._max_positions})`)."
+            )
+        inputs = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in batch:
+            inputs["token_type_ids"] = torch.as_tensor(batch["token_type_ids"]).to(device)
+        if self._accepts_position_ids:
+            # Positions counted over real tokens only: left and right padding give the same
+            # positions to the same example.
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        labels = batch.get("labels", batch.get("label"))
+        if labels is None:
+            if self.spec.task != "causal_lm":
+                raise KeyError("`sequence_classification` needs `labels` (or `label`) in the batch.")
+            labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels = torch.as_tensor(labels).to(device)
+        if self.spec.task == "causal_lm":
+            # A token is a target only if it and the token that predicts it are real: with
+            # left padding the first real token would otherwise be "predicted" by a pad.
+            predictor = torch.nn.functional.pad(mask[:, :-1], (1, 0))
+            labels = labels.masked_fill((mask == 0) | (predictor == 0), IGNORE_INDEX)
+        return inputs, labels, mask.bool()
+
+    @contextlib.contextmanager
+    def _sketch_mode(self) -> Iterator[None]:
+        """Eval mode, grad enabled, target weights requiring grad; all restored on exit."""
+        was_training = self.model.training
+        weights = [module.weight for _, module in self.targets]
+        flags = [w.requires_grad for w in weights]
+        try:
+            self.model.eval()
+            for w in weights:
+                w.requires_grad_(True)
+            with torch.enable_grad():
+                yield
+        finally:
+            for w, flag in zip(weights, flags, strict=True):
+                w.requires_grad_(flag)
+            self.model.train(was_training)
+
+    def sketch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Sketches of the batch's examples: ``[N, k]`` ``float32`` on the model's device.
+
+        ``batch`` is what a Trainer data collator yields: ``input_ids`` and ``attention_mask``
+        ``[N, T]`` (either padding side), and ``labels`` (``[N, T]`` with ``-100`` on ignored
+        tokens for ``causal_lm`` -- defaults to the input ids; ``[N]`` for classification).
+
+        Raises:
+            NonFiniteGradientError: some example's gradient is NaN/Inf (e.g. fp16 overflow).
+            ValueError: an example is longer than the model's position embeddings.
+        """
+        inputs, labels, mask = self._prepare(batch)
+        n = inputs["input_ids"].shape[0]
+        if n == 0:
+            return torch.zeros(0, self.proj_dim, device=self.device)
+        device_type = self.device.type
+        autocast = (
+            torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with self._sketch_mode(), GradientCapture(self.projection, self.targets) as capture:
+            capture.begin(mask)
+            with autocast:
+                logits = self.model(**inputs).logits
+            losses, counts = per_example_loss(logits, labels, self.spec.task)
+            outputs = capture.outputs()
+            grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            del logits, losses
+            intermediate = capture.intermediate(grads)
+        sketches = self.projection.fold(intermediate)
+        _check_finite(sketches)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            logger.warning("Examples %s of the batch have no target token; their sketch is zero.", empty)
+        return sketches
+
+
+def _check_finite(sketches: torch.Tensor) -> None:
+    bad = (~torch.isfinite(sketches)).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise NonFiniteGradientError(
+            f"The gradient sketch of example(s) {bad[:10]} of the batch is NaN or Inf. Check the "
+            "inputs and weights for NaN; under fp16 prefer autocast_dtype=torch.bfloat16 or float32."
+        )
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in params
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

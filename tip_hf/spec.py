@@ -1,0 +1,180 @@
+"""`ValuationSpec`: what both parties must agree on to produce comparable sketches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .projection import PROJECTION_VERSION, KroneckerProjection
+from .targets import resolve_targets, unwrap_model
+
+__all__ = ["ValuationSpec"]
+
+_TASKS = ("causal_lm", "sequence_classification")
+_PRECONDITIONERS = ("identity", "fisher")
+# Settings that change sketches. `damping` and `preconditioner` only change the query.
+_SKETCH_FIELDS = ("targets", "proj_dim", "seed", "task", "proj_factor", "proj_blocks", "projection_version")
+
+
+@dataclass(frozen=True)
+class ValuationSpec:
+    """The valuation settings shared by buyer and seller.
+
+    Two sketches are comparable only when they come from the same spec *and* the same model
+    weights: :meth:`fingerprint` binds the two and is stamped on every artifact.
+    """
+
+    targets: str | tuple[str, ...] = field(
+        default="lora",
+        metadata={"help": "'lora' (every peft LoRA A/B weight) or glob patterns over module names, "
+                  "e.g. ['transformer.h.*.mlp.c_fc']; selects nn.Linear and GPT-2 Conv1D modules."},
+    )
+    proj_dim: int = field(default=1024, metadata={"help": "Sketch dimension k."})
+    seed: int = field(default=0, metadata={"help": "Projection seed (with module names, fixes every random number)."})
+    task: Literal["causal_lm", "sequence_classification"] = field(
+        default="causal_lm", metadata={"help": "Which per-example loss is differentiated."}
+    )
+    damping: float = field(
+        default=0.1,
+        metadata={"help": "Fisher damping, relative: lambda = damping * trace(F) / k."},
+    )
+    preconditioner: Literal["identity", "fisher"] = field(
+        default="identity",
+        metadata={"help": "Query preconditioner: 'identity' (gradient dot products) or damped 'fisher'."},
+    )
+    proj_factor: int = field(default=16, metadata={"help": "Kronecker factor size r per side."})
+    proj_blocks: int | None = field(
+        default=None,
+        metadata={"help": "Independent Kronecker blocks per module; None: the fewest that reach proj_dim."},
+    )
+    projection_version: str = field(default=PROJECTION_VERSION, metadata={"help": "Projection algorithm version."})
+
+    def __post_init__(self) -> None:
+        targets = self.targets
+        if isinstance(targets, str):
+            if not targets:
+                raise ValueError("`targets` must be 'lora' or a non-empty list of module name patterns.")
+        else:
+            targets = tuple(str(t) for t in targets)
+            if not targets or any(not t for t in targets):
+                raise ValueError("`targets` must be 'lora' or a non-empty list of module name patterns.")
+            object.__setattr__(self, "targets", targets)
+        for name in ("proj_dim", "proj_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.proj_blocks is not None and (not isinstance(self.proj_blocks, int) or self.proj_blocks < 1):
+            raise ValueError(f"`proj_blocks` must be a positive integer or None, got {self.proj_blocks!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer, got {self.seed!r}.")
+        if self.task not in _TASKS:
+            raise ValueError(f"Invalid `task`: {self.task!r}. Must be one of {_TASKS}.")
+        if self.preconditioner not in _PRECONDITIONERS:
+            raise ValueError(f"Invalid `preconditioner`: {self.preconditioner!r}. Must be one of {_PRECONDITIONERS}.")
+        if not (float(self.damping) > 0.0):
+            raise ValueError(f"`damping` must be > 0, got {self.damping!r}.")
+        if self.projection_version != PROJECTION_VERSION:
+            raise ValueError(
+                f"This spec asks for projection version {self.projection_version!r}, but this tip_hf "
+                f"implements {PROJECTION_VERSION!r}. Install the tip_hf version that made the spec."
+            )
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not isinstance(self.targets, str):
+            data["targets"] = list(self.targets)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValuationSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown ValuationSpec fields {unknown}; known fields: {sorted(known)}.")
+        data = dict(data)
+        if isinstance(data.get("targets"), list):
+            data["targets"] = tuple(data["targets"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ValuationSpec:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ValuationSpec:
+        return cls.from_json(Path(path).read_text())
+
+    # -- binding to a model --------------------------------------------------------------
+    def projection(self, model: nn.Module) -> KroneckerProjection:
+        """The seeded projection this spec defines on ``model``'s target modules."""
+        targets = [t for t, _ in resolve_targets(model, self.targets)]
+        return KroneckerProjection(targets, self.proj_dim, self.seed, self.proj_factor, self.proj_blocks)
+
+    def sketch_settings(self) -> dict[str, Any]:
+        """The fields that change sketches (``damping``/``preconditioner`` do not)."""
+        data = self.to_dict()
+        return {name: data[name] for name in _SKETCH_FIELDS}
+
+    def fingerprint(self, model: nn.Module) -> str:
+        """SHA-256 over the sketch settings, the resolved target layout, the model config and
+        every parameter's bytes (names, dtypes, shapes, values).
+
+        Two parties with equal fingerprints compute identical sketches (up to floating-point
+        summation order). Hashes ~1 GB/s of weights; the weights are copied to the CPU.
+        """
+        model = unwrap_model(model)
+        h = hashlib.sha256()
+
+        def put(label: str, payload: bytes) -> None:
+            h.update(label.encode() + b"\0" + len(payload).to_bytes(8, "little") + payload)
+
+        put("tip_hf-fingerprint", b"1")
+        put("spec", json.dumps(self.sketch_settings(), sort_keys=True).encode())
+        layout = [(t.name, t.kind, t.d_in, t.d_out) for t, _ in resolve_targets(model, self.targets)]
+        put("targets", json.dumps(layout).encode())
+        put("config", _config_json(model).encode())
+        put("peft", _peft_json(model).encode())
+        for name, param in model.named_parameters():
+            tensor = param.detach().to("cpu").contiguous()
+            put(f"param:{name}:{tensor.dtype}:{tuple(tensor.shape)}", _tensor_bytes(tensor))
+        return h.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _config_json(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return "null"
+    data = config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
+        data.pop(volatile, None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def _peft_json(model: nn.Module) -> str:
+    """peft adapter settings (rank, alpha, dropout, ...) change the forward pass too."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return "null"
+    data = {name: cfg.to_dict() for name, cfg in configs.items()}
+    for cfg in data.values():
+        cfg.pop("base_model_name_or_path", None)
+        cfg.pop("revision", None)
+    return json.dumps(data, sort_keys=True, default=str)
