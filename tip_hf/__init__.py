@@ -4,15 +4,18 @@ Influence functions on seeded Johnson-Lindenstrauss sketches of per-example grad
 scored under CKKS homomorphic encryption.
 """
 
+from ._version import __version__
+from .dataset import sketch_dataset
 from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
 from .sketcher import GradientSketcher
 from .spec import ValuationSpec
-
-__version__ = "0.1.0"
+from .store import SketchStore
 
 __all__ = [
     "ValuationSpec",
     "GradientSketcher",
+    "sketch_dataset",
+    "SketchStore",
     "TIPError",
     "TargetError",
     "SpecMismatchError",

@@ -56,9 +56,7 @@ class GradientCapture:
             z = capture.intermediate(grads)    # [N, projection.intermediate_dim]
     """
 
-    def __init__(
-        self, projection: KroneckerProjection, targets: Sequence[tuple[Target, nn.Module]]
-    ) -> None:
+    def __init__(self, projection: KroneckerProjection, targets: Sequence[tuple[Target, nn.Module]]) -> None:
         self.projection = projection
         self.targets = list(targets)
         self._handles: list[RemovableHandle] = []
@@ -98,7 +96,7 @@ class GradientCapture:
         self._mask = token_mask.bool()
         self._n = token_mask.shape[0]
 
-    def _hook(self, name: str):  # noqa: ANN202 - torch hook signature
+    def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
             if self._mask is None:
                 return  # the model ran outside a sketch (e.g. a generate() call)

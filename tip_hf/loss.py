@@ -20,9 +20,7 @@ Task = Literal["causal_lm", "sequence_classification"]
 IGNORE_INDEX = -100
 
 
-def per_example_loss(
-    logits: torch.Tensor, labels: torch.Tensor, task: Task
-) -> tuple[torch.Tensor, torch.Tensor]:
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of each example, in ``float32``.
 
     Args:

@@ -37,9 +37,7 @@ class GradientSketcher:
             (``torch.bfloat16`` recommended; hook arithmetic always stays in ``float32``).
     """
 
-    def __init__(
-        self, model: nn.Module, spec: ValuationSpec, *, autocast_dtype: torch.dtype | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, spec: ValuationSpec, *, autocast_dtype: torch.dtype | None = None) -> None:
         self.model = unwrap_model(model)
         self.spec = spec
         self.autocast_dtype = autocast_dtype

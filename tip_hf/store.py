@@ -1,0 +1,269 @@
+"""`SketchStore`: sketches on disk as safetensors shards plus a JSON manifest.
+
+Layout of a store directory::
+
+    manifest.json               settings, fingerprint, corpora, one entry per shard
+    shard-00000.safetensors     sketches [n, k] float32, ids [n, 32] uint8, corpus [n] int32
+
+Every shard's SHA-256 is in the manifest and is checked when the shard is read. Shards and
+the manifest are written to a temporary file and renamed, so a store interrupted at any
+point holds only whole shards, and the manifest names exactly those. Example ids are
+SHA-256 content hashes of the tokens the sketch was computed from (see
+:func:`tip_hf.dataset.example_id`); corpus labels are strings, stored as codes into
+``manifest["corpora"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from .errors import SpecMismatchError, StoreCorruptedError
+from .spec import ValuationSpec
+
+__all__ = ["SketchStore", "Shard", "STORE_FORMAT"]
+
+STORE_FORMAT = "tip_hf.sketch_store/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard: examples ``start .. start + len(sketches)`` of the source, in order."""
+
+    start: int
+    sketches: torch.Tensor  # [n, k] float32
+    ids: torch.Tensor  # [n, 32] uint8 (SHA-256 content hashes)
+    corpus: torch.Tensor  # [n] int32 codes into SketchStore.corpora
+
+    def id_strings(self) -> list[str]:
+        return [bytes(row).hex() for row in self.ids.tolist()]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SketchStore:
+    """Read access to a sketch store (streaming, shard by shard).
+
+    Args:
+        path: the store directory.
+        spec: if given, refuse a store made with other sketch settings.
+        fingerprint: if given, refuse a store whose spec/model fingerprint differs.
+        model: if given (with ``spec`` or the store's own spec), compute the fingerprint.
+
+    Raises:
+        FileNotFoundError: no manifest.
+        StoreCorruptedError: the manifest is not a tip_hf store manifest.
+        SpecMismatchError: settings or fingerprint differ from what was asked for.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        spec: ValuationSpec | None = None,
+        fingerprint: str | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"No sketch store at '{self.path}' ({MANIFEST} missing). Create one with "
+                "tip_hf.sketch_dataset(model, dataset, spec, output_dir=...)."
+            )
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreCorruptedError(f"'{manifest_path}' is not valid JSON ({e}); the store is damaged.") from e
+        if self.manifest.get("format") != STORE_FORMAT:
+            raise StoreCorruptedError(
+                f"'{manifest_path}' has format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r}."
+            )
+        self.spec = ValuationSpec.from_dict(self.manifest["spec"])
+        self.check(spec=spec, fingerprint=fingerprint, model=model)
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def proj_dim(self) -> int:
+        return int(self.manifest["proj_dim"])
+
+    @property
+    def corpora(self) -> list[str]:
+        return list(self.manifest["corpora"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def __len__(self) -> int:
+        return sum(int(s["count"]) for s in self.manifest["shards"])
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "INCOMPLETE"
+        return (
+            f"SketchStore('{self.path}', examples={len(self)}, k={self.proj_dim}, "
+            f"corpora={len(self.corpora)}, {state}, fingerprint={self.fingerprint[:12]})"
+        )
+
+    def check(
+        self,
+        *,
+        spec: ValuationSpec | None = None,
+        fingerprint: str | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        """Raise :class:`SpecMismatchError` unless the store matches the given spec/model."""
+        if spec is not None and spec.sketch_settings() != self.spec.sketch_settings():
+            raise SpecMismatchError(
+                f"The sketch settings of store '{self.path}'",
+                spec.sketch_settings(),
+                self.spec.sketch_settings(),
+                "Sketches made with different settings are not comparable: re-sketch with this spec.",
+            )
+        if model is not None:
+            fingerprint = (spec or self.spec).fingerprint(model)
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise SpecMismatchError(
+                f"The spec/model fingerprint of store '{self.path}'",
+                fingerprint,
+                self.fingerprint,
+                "The store was sketched with other model weights or settings; re-sketch with this "
+                "model, or load the model the store was made with.",
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    def _read_shard(self, entry: dict[str, Any]) -> Shard:
+        path = self.path / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise StoreCorruptedError(f"Shard '{path}' listed in the manifest is missing.") from e
+        if _sha256(data) != entry["sha256"]:
+            raise StoreCorruptedError(
+                f"Shard '{path}' does not match its checksum in the manifest: it was truncated or "
+                "modified. Delete it and its manifest entry and resume sketching to redo it."
+            )
+        tensors = load_safetensors(data)
+        shard = Shard(int(entry["start"]), tensors["sketches"], tensors["ids"], tensors["corpus"])
+        if shard.sketches.shape != (int(entry["count"]), self.proj_dim):
+            raise StoreCorruptedError(
+                f"Shard '{path}' has shape {tuple(shard.sketches.shape)}, manifest "
+                f"says ({entry['count']}, {self.proj_dim})."
+            )
+        return shard
+
+    def shards(self) -> Iterator[Shard]:
+        """Stream the shards in order, each checked against its checksum."""
+        for entry in self.manifest["shards"]:
+            yield self._read_shard(entry)
+
+    def verify(self) -> None:
+        """Read every shard once and check checksums, shapes and contiguity."""
+        expected = 0
+        for shard in self.shards():
+            if shard.start != expected:
+                raise StoreCorruptedError(
+                    f"Store '{self.path}' has a gap: shard starts at {shard.start}, expected {expected}."
+                )
+            expected += len(shard.sketches)
+
+    def sketches(self) -> torch.Tensor:
+        """All sketches ``[N, k]`` (loads the whole store; prefer :meth:`shards` for big ones)."""
+        parts = [s.sketches for s in self.shards()]
+        return torch.cat(parts) if parts else torch.zeros(0, self.proj_dim)
+
+    def ids(self) -> list[str]:
+        """Content hash (hex) of every example, in order."""
+        return [i for s in self.shards() for i in s.id_strings()]
+
+    def corpus_codes(self) -> torch.Tensor:
+        """``[N]`` int32: index into :attr:`corpora` of every example."""
+        parts = [s.corpus for s in self.shards()]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+
+    def corpus_labels(self) -> list[str]:
+        names = self.corpora
+        return [names[c] for c in self.corpus_codes().tolist()]
+
+
+class StoreWriter:
+    """Creates or resumes a store; used by :func:`tip_hf.sketch_dataset`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, path: Path, header: dict[str, Any]) -> StoreWriter:
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": STORE_FORMAT, **header, "corpora": [], "shards": [], "complete": False}
+        writer = cls(path, manifest)
+        writer._save_manifest()
+        return writer
+
+    @property
+    def next_start(self) -> int:
+        shards = self.manifest["shards"]
+        return int(shards[-1]["start"]) + int(shards[-1]["count"]) if shards else 0
+
+    def corpus_code(self, label: str) -> int:
+        corpora: list[str] = self.manifest["corpora"]
+        if label not in corpora:
+            corpora.append(label)
+        return corpora.index(label)
+
+    def append(self, sketches: torch.Tensor, ids: torch.Tensor, corpus: torch.Tensor) -> None:
+        """Write one shard atomically, then record it in the manifest."""
+        index = len(self.manifest["shards"])
+        name = f"shard-{index:05d}.safetensors"
+        start = self.next_start
+        data = save_safetensors(
+            {
+                "sketches": sketches.detach().to("cpu", torch.float32).contiguous(),
+                "ids": ids.to(torch.uint8).contiguous(),
+                "corpus": corpus.to(torch.int32).contiguous(),
+            },
+            metadata={"start": str(start), "fingerprint": self.manifest["fingerprint"]},
+        )
+        _atomic_write(self.path / name, data)
+        self.manifest["shards"].append({"file": name, "start": start, "count": len(sketches), "sha256": _sha256(data)})
+        self.manifest["num_examples"] = self.next_start
+        self._save_manifest()
+
+    def finish(self) -> None:
+        self.manifest["complete"] = True
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        _atomic_write(self.path / MANIFEST, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
