@@ -21,15 +21,31 @@ BERT_TARGETS = ["bert.encoder.layer.*.attention.self.query", "bert.encoder.layer
 
 def make_gpt2(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, positions: int = 64):
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=4, n_positions=positions, vocab_size=vocab,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=width,
+        n_head=4,
+        n_positions=positions,
+        vocab_size=vocab,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
 def make_bert(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, labels: int = 3):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=4 * width, max_position_embeddings=64, num_labels=labels, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=4 * width,
+        max_position_embeddings=64,
+        num_labels=labels,
+        pad_token_id=0,
+    )
     return BertForSequenceClassification(config).eval()
 
 

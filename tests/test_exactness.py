@@ -107,7 +107,9 @@ def test_real_minilm_bert_exact():
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
     spec = ValuationSpec(
         targets=["encoder.layer.5.attention.self.query", "encoder.layer.5.output.dense", "classifier"],
-        proj_dim=256, task="sequence_classification", proj_factor=16,
+        proj_dim=256,
+        task="sequence_classification",
+        proj_factor=16,
     )
     sketcher = GradientSketcher(model, spec)
     texts = ["A gripping, beautifully shot film.", "Dull and far too long.", "I would watch it again tomorrow!"]
@@ -133,5 +135,9 @@ def test_projection_matches_explicit_gradients():
     grads = torch.autograd.grad(model(**batch, labels=batch["input_ids"]).loss, [p for _, p in params])
     explicit = {t.name: g[None] for (t, _), g in zip(sketcher.targets, grads, strict=True)}
     flat = torch.cat([g.flatten() for g in grads]).double()
-    torch.testing.assert_close(sketcher.projection.project(explicit).double(), (flat @ sketcher.projection_matrix())[None],
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        sketcher.projection.project(explicit).double(),
+        (flat @ sketcher.projection_matrix())[None],
+        rtol=1e-4,
+        atol=1e-6,
+    )

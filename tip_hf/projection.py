@@ -37,6 +37,7 @@ __all__ = ["PROJECTION_VERSION", "ModuleBlock", "KroneckerProjection"]
 
 PROJECTION_VERSION = "kron-fold-1"
 AUTO_MIN_BLOCKS = 4
+AUTO_OVERSAMPLING = 4
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,12 @@ class KroneckerProjection:
         proj_dim: output dimension ``k``.
         seed: integer seed; with the module names it fixes every random number.
         factor: Kronecker factor size ``r`` per side (a side narrower than ``r`` is exact).
-        blocks: independent Kronecker blocks per module; ``None`` picks
-            ``max(4, fewest blocks whose intermediate dimension reaches proj_dim)`` -- four
-            16x16 blocks matched a dense Gaussian JL map's value correlation to ~0.003 on a
-            GPT-2 4x128 (``scripts/bench_projection_quality.py``), one block did not.
+        blocks: independent Kronecker blocks per module; ``None`` picks the fewest blocks
+            (at least 4) whose intermediate dimension reaches ``4 * proj_dim``: four 16x16
+            blocks came within ~0.003 of a dense Gaussian JL map's value correlation on a
+            GPT-2 4x128 (``scripts/bench_projection_quality.py``) where one block did not, and
+            folding 4x more coordinates than ``k`` keeps the fold's collisions from adding
+            heavy tails.
     """
 
     def __init__(
@@ -97,7 +100,7 @@ class KroneckerProjection:
         if blocks is None:
             projected = sum(p for p, t in zip(per_block, targets, strict=True) if _projects(t, factor))
             exact = sum(per_block) - projected
-            needed = math.ceil((proj_dim - exact) / projected) if projected else 1
+            needed = math.ceil((AUTO_OVERSAMPLING * proj_dim - exact) / projected) if projected else 1
             blocks = max(AUTO_MIN_BLOCKS, needed) if projected else 1
         self.blocks = int(blocks)
         layout, offset = [], 0

@@ -85,21 +85,28 @@ class GradientSketcher:
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = torch.as_tensor(batch["token_type_ids"]).to(device)
-        if self._accepts_position_ids:
-            # Positions counted over real tokens only: left and right padding give the same
-            # positions to the same example.
-            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         labels = batch.get("labels", batch.get("label"))
+        if labels is not None:
+            labels = torch.as_tensor(labels).to(device)
+        # Canonical layout: real tokens first (right padding), no all-padding columns. Models
+        # read fixed positions (BERT's pooler reads position 0), so left padding would change
+        # the example, not just its layout.
+        order = torch.sort((mask == 0).to(torch.uint8), dim=1, stable=True).indices
+        width = max(int(lengths.max()), 1) if input_ids.shape[0] else input_ids.shape[1]
+        order = order[:, :width]
+        inputs = {key: value.gather(1, order) for key, value in inputs.items()}
+        if labels is not None and labels.shape == input_ids.shape:
+            labels = labels.gather(1, order)
+        mask = inputs["attention_mask"]
+        if self._accepts_position_ids:
+            # Positions counted over real tokens only (robust to any padding layout).
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if labels is None:
             if self.spec.task != "causal_lm":
                 raise KeyError("`sequence_classification` needs `labels` (or `label`) in the batch.")
-            labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
-        labels = torch.as_tensor(labels).to(device)
+            labels = inputs["input_ids"].masked_fill(mask == 0, IGNORE_INDEX)
         if self.spec.task == "causal_lm":
-            # A token is a target only if it and the token that predicts it are real: with
-            # left padding the first real token would otherwise be "predicted" by a pad.
-            predictor = torch.nn.functional.pad(mask[:, :-1], (1, 0))
-            labels = labels.masked_fill((mask == 0) | (predictor == 0), IGNORE_INDEX)
+            labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
         return inputs, labels, mask.bool()
 
     @contextlib.contextmanager
