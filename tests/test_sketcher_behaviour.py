@@ -1,0 +1,86 @@
+"""How the sketcher treats the model and bad input: no side effects, clear errors, fp32 hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import GPT2_TARGETS, make_gpt2, random_batch
+
+from tip_hf import GradientSketcher, NonFiniteGradientError, ValuationSpec
+
+
+def sketcher(model=None, **kwargs):
+    return GradientSketcher(model or make_gpt2(), ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8), **kwargs)
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_no_side_effects_on_model():
+    model = make_gpt2().train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    s = sketcher(model)
+    out = s.sketch(random_batch(3, 8))
+    assert out.shape == (3, 64) and out.abs().sum() > 0
+    assert model.training
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert hook_count(model) == 0
+
+
+def test_hooks_removed_on_exception():
+    model = make_gpt2()
+    s = sketcher(model)
+    with pytest.raises(KeyError, match="input_ids"):
+        s.sketch({"attention_mask": torch.ones(2, 3)})
+    bad = random_batch(2, 8)
+    bad["input_ids"] = bad["input_ids"] + 1000  # out of vocabulary: fails inside the forward pass
+    with pytest.raises(IndexError):
+        s.sketch(bad)
+    assert hook_count(model) == 0
+    assert s.sketch(random_batch(2, 8)).shape == (2, 64)
+
+
+def test_nan_weights_raise_clear_error():
+    model = make_gpt2()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match="NaN or Inf"):
+        sketcher(model).sketch(random_batch(2, 8))
+
+
+def test_overlong_sequence_is_refused():
+    with pytest.raises(ValueError, match="more than the model's 64 positions"):
+        sketcher().sketch({"input_ids": torch.ones(1, 65, dtype=torch.long)})
+
+
+def test_example_without_targets_gives_zero_sketch(caplog):
+    batch = {"input_ids": torch.tensor([[5, 0, 0], [5, 6, 7]]), "attention_mask": torch.tensor([[1, 0, 0], [1, 1, 1]])}
+    out = sketcher().sketch(batch)
+    assert out[0].abs().sum() == 0 and out[1].abs().sum() > 0
+    assert "no target token" in caplog.text
+
+
+def test_bf16_autocast_keeps_fp32_hooks():
+    model = make_gpt2()
+    batch = random_batch(4, 12)
+    exact = sketcher(model).sketch(batch)
+    mixed = sketcher(model, autocast_dtype=torch.bfloat16).sketch(batch)
+    assert mixed.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(exact, mixed, dim=1)
+    assert cos.min().item() > 0.98, cos
+
+
+def test_empty_batch():
+    assert sketcher().sketch({"input_ids": torch.zeros(0, 5, dtype=torch.long)}).shape == (0, 64)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    model = make_gpt2()
+    batch = random_batch(8, 16)
+    cpu = sketcher(model).sketch(batch)
+    gpu = sketcher(make_gpt2().cuda()).sketch({k: v.cuda() for k, v in batch.items()}).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item())
