@@ -26,8 +26,8 @@ from .targets import Target
 __all__ = ["GradientCapture"]
 
 
-def _per_token(values: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
-    """View a module input/output as ``[N, T, d]`` in float32 with padding zeroed."""
+def _per_token(values: torch.Tensor, n: int) -> torch.Tensor:
+    """View a module input/output as ``[N, T, d]`` (2-D inputs are one token per example)."""
     if values.dim() == 2:
         if values.shape[0] != n:
             raise RuntimeError(
@@ -35,13 +35,18 @@ def _per_token(values: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch
                 "tip_hf cannot tell which example each row belongs to. Target a module whose "
                 "input is [batch, tokens, features] or [batch, features]."
             )
-        return values.float().unsqueeze(1)
+        return values.unsqueeze(1)
     if values.shape[0] != n:
         raise RuntimeError(f"A target module's input has leading size {values.shape[0]}, batch is {n}.")
-    values = values.float().flatten(1, -2)
-    if mask is not None and values.shape[1] == mask.shape[1]:
-        values = torch.where(mask.unsqueeze(-1), values, 0.0)
-    return values
+    return values.flatten(1, -2)
+
+
+def _drop_padding(projected: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero padding tokens of ``[N, T, blocks, r]`` (after projecting: r << d is cheaper).
+    ``where``, not a product, so a NaN at a padding position cannot leak."""
+    if mask is None or projected.shape[1] != mask.shape[1]:
+        return projected
+    return torch.where(mask[:, :, None, None], projected, 0.0)
 
 
 class GradientCapture:
@@ -106,8 +111,9 @@ class GradientCapture:
                     "per-example gradient cannot be taken. Run the forward pass with grad enabled."
                 )
             with torch.autocast(device_type=output.device.type, enabled=False):
-                inputs = _per_token(args[0].detach(), self._mask, self._n)
-                self._inputs[name].append(self.projection.project_side(name, "in", inputs))
+                inputs = _per_token(args[0].detach(), self._n)
+                projected = self.projection.project_side(name, "in", inputs)
+                self._inputs[name].append(_drop_padding(projected, self._mask))
             self._outputs[name].append(output)
 
         return hook
@@ -136,7 +142,7 @@ class GradientCapture:
                     position += 1
                     if grad is None:
                         continue  # the loss does not depend on this call
-                    deltas = _per_token(grad, self._mask, self._n)
-                    d_proj = self.projection.project_side(name, "out", deltas)
+                    deltas = _per_token(grad, self._n)
+                    d_proj = _drop_padding(self.projection.project_side(name, "out", deltas), self._mask)
                     z[:, span] += self.projection.combine(name, d_proj, x_proj)
         return z

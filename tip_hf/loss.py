@@ -34,15 +34,13 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
     """
     n = logits.shape[0]
     if task == "causal_lm":
-        targets = labels[:, 1:]
-        valid = targets != IGNORE_INDEX
-        rows = torch.arange(n, device=logits.device).unsqueeze(1).expand_as(targets)[valid]
-        # Select valid positions before the softmax: padding positions never enter the
-        # arithmetic, so a NaN there cannot leak into the result.
-        token_losses = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="none")
-        counts = valid.sum(1)
-        sums = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, token_losses)
-        return sums / counts.clamp(min=1), counts
+        # Shift the labels, not the logits (as transformers does): no copy of [N, T, V].
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        token_losses = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view_as(targets)
+        counts = (targets != IGNORE_INDEX).sum(1)
+        return token_losses.sum(1) / counts.clamp(min=1), counts
     if task == "sequence_classification":
         logits = logits.float()
         ones = torch.ones(n, dtype=torch.long, device=logits.device)

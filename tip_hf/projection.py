@@ -172,28 +172,30 @@ class KroneckerProjection:
     # -- the map -------------------------------------------------------------------------
     def project_side(self, name: str, role: str, values: torch.Tensor) -> torch.Tensor:
         """Project inputs (``role='in'``) or output gradients (``'out'``) of one module:
-        ``[..., d] -> [..., blocks, r]`` in ``float32``."""
+        ``[..., d] -> [..., blocks, r]`` in ``float32`` (``[..., 1, d]`` for an identity side,
+        which broadcasts over blocks)."""
         block = self.layout[name]
         p_out, p_in = self.factors(name, values.device)
         factor = p_out if role == "out" else p_in
         values = values.float()
         if factor is None:
-            return values.unsqueeze(-2).expand(*values.shape[:-1], block.blocks, values.shape[-1])
-        projected = values @ factor.T
-        return projected.unflatten(-1, (block.blocks, -1))
+            return values.unsqueeze(-2)
+        return (values @ factor.T).unflatten(-1, (block.blocks, -1))
 
     def combine(self, name: str, deltas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Per-example Kronecker sketch of one module from projected sides.
+        """Per-example Kronecker sketch of one module from projected sides:
+        ``sum_t deltas[:, t, b] inputs[:, t, b]^T`` for every block ``b``.
 
         Args:
-            deltas: ``[N, T, blocks, r_out]`` projected output gradients.
-            inputs: ``[N, T, blocks, r_in]`` projected inputs.
+            deltas: ``[N, T, blocks or 1, r_out]`` projected output gradients.
+            inputs: ``[N, T, blocks or 1, r_in]`` projected inputs.
 
         Returns:
             ``[N, blocks * r_out * r_in]`` (``float32``), already scaled.
         """
         block = self.layout[name]
-        outer = torch.einsum("ntbo,ntbi->nboi", deltas, inputs)
+        outer = deltas.permute(0, 2, 3, 1) @ inputs.transpose(1, 2)  # [N, B, r_out, r_in]
+        outer = outer.expand(-1, block.blocks, -1, -1)  # both sides exact: a single block
         return outer.flatten(1) * block.scale
 
     def project(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
