@@ -119,7 +119,7 @@ def build(args, device: torch.device) -> GPT2LMHeadModel:
 def make_lora(model):
     from peft import LoraConfig, get_peft_model
 
-    with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 - peft's Conv1D notice
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
         lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"]))
     return lora.eval()
 
@@ -137,8 +137,13 @@ def bergson_method(model, p: int, batch_size: int, seq: int):
 
     def run(batch):
         state["i"] += 1
-        cfg = IndexConfig(run_path=os.path.join(tmp, f"run{state['i']}"), precision="fp32", projection_dim=p,
-                          token_batch_size=batch_size * seq, max_batch_size=batch_size)
+        cfg = IndexConfig(
+            run_path=os.path.join(tmp, f"run{state['i']}"),
+            precision="fp32",
+            projection_dim=p,
+            token_batch_size=batch_size * seq,
+            max_batch_size=batch_size,
+        )
         state["processor"] = state["processor"] or processor_for(cfg)
         rows = batch["input_ids"].tolist()
         ds = Dataset.from_dict({"input_ids": rows, "length": [len(r) for r in rows]})
@@ -146,9 +151,13 @@ def bergson_method(model, p: int, batch_size: int, seq: int):
         model.requires_grad_(False)  # as bergson's setup_model_and_peft
         model.get_input_embeddings().requires_grad_(True)
         try:
-            collect_gradients(model, ds, state["processor"], cfg,
-                              batches=allocate_batches([len(r) for r in rows], cfg.token_batch_size,
-                                                       max_batch_size=batch_size))
+            collect_gradients(
+                model,
+                ds,
+                state["processor"],
+                cfg,
+                batches=allocate_batches([len(r) for r in rows], cfg.token_batch_size, max_batch_size=batch_size),
+            )
         finally:
             for n, q in model.named_parameters():
                 q.requires_grad_(flags[n])
@@ -173,8 +182,10 @@ def main() -> None:
 
     model = build(args, device)
     gen = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(0, 50257, (args.batch_size, args.seq), generator=gen).to(device)}
-               for _ in range(args.batches)]
+    batches = [
+        {"input_ids": torch.randint(0, 50257, (args.batch_size, args.seq), generator=gen).to(device)}
+        for _ in range(args.batches)
+    ]
     one = [{"input_ids": batches[0]["input_ids"][:2]}]  # slow baselines: two examples (+ warm-up)
     params = [m.weight for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
     dim = sum(p.numel() for p in params)
@@ -191,10 +202,12 @@ def main() -> None:
         import bergson  # noqa: F401
 
         for k in args.dims:
-            p = int(round((k / 16) ** 0.5))
+            p = round((k / 16) ** 0.5)
             if 16 * p * p == k:
-                methods[f"(e) bergson build p={p} (k={k})"] = (bergson_method(model, p, args.batch_size, args.seq),
-                                                              batches)
+                methods[f"(e) bergson build p={p} (k={k})"] = (
+                    bergson_method(model, p, args.batch_size, args.seq),
+                    batches,
+                )
     except ImportError:
         print("(e) bergson: not importable here -- run scripts/bench_sketch.sh for the side-by-side venv")
     if not args.skip_slow_baselines:
@@ -235,8 +248,10 @@ def main() -> None:
 
     methods["(a) training step, LoRA r=8"] = (plain_lora, batches)
     for k in args.dims:
-        methods[f"(b) tip_hf LoRA k={k}"] = (GradientSketcher(lora, ValuationSpec(targets="lora", proj_dim=k)).sketch,
-                                             batches)
+        methods[f"(b) tip_hf LoRA k={k}"] = (
+            GradientSketcher(lora, ValuationSpec(targets="lora", proj_dim=k)).sketch,
+            batches,
+        )
 
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in methods}
     for _ in range(args.rounds):
@@ -244,8 +259,10 @@ def main() -> None:
             results[name].append(time_method(fn, data, device))
 
     shape = "GPT-2 small 12x768" if args.gpt2_small else f"GPT-2 {args.layers}x{args.width}"
-    print(f"\n{shape}, seq {args.seq}, batch {args.batch_size}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; D = {dim:,} (16 Conv1D weights); median of {args.rounds} rounds\n")
+    print(
+        f"\n{shape}, seq {args.seq}, batch {args.batch_size}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; D = {dim:,} (16 Conv1D weights); median of {args.rounds} rounds\n"
+    )
     ref_full = statistics.median(r[0] for r in results["(a) training step, all weights"])
     ref_lora = statistics.median(r[0] for r in results["(a) training step, LoRA r=8"])
     print(f"{'method':<52}{'ex/s':>9}{'vs (a)':>9}{'peak MB':>10}")

@@ -10,7 +10,9 @@ from tip_hf import GradientSketcher, NonFiniteGradientError, ValuationSpec
 
 
 def sketcher(model=None, **kwargs):
-    return GradientSketcher(model or make_gpt2(), ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8), **kwargs)
+    return GradientSketcher(
+        model or make_gpt2(), ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8), **kwargs
+    )
 
 
 def hook_count(model) -> int:

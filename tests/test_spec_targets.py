@@ -10,8 +10,16 @@ from tip_hf import GradientSketcher, TargetError, ValuationSpec
 
 
 def test_json_round_trip(tmp_path):
-    spec = ValuationSpec(targets=["transformer.h.*.mlp.c_fc"], proj_dim=512, seed=9, damping=0.3,
-                         task="causal_lm", proj_factor=32, proj_blocks=2, preconditioner="fisher")
+    spec = ValuationSpec(
+        targets=["transformer.h.*.mlp.c_fc"],
+        proj_dim=512,
+        seed=9,
+        damping=0.3,
+        task="causal_lm",
+        proj_factor=32,
+        proj_blocks=2,
+        preconditioner="fisher",
+    )
     assert ValuationSpec.from_json(spec.to_json()) == spec
     spec.save(tmp_path / "spec.json")
     assert ValuationSpec.load(tmp_path / "spec.json") == spec
@@ -20,9 +28,16 @@ def test_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"proj_dim": 0}, "proj_dim"), ({"seed": -1}, "seed"), ({"task": "regression"}, "task"),
-     ({"targets": []}, "targets"), ({"damping": 0.0}, "damping"), ({"proj_blocks": 0}, "proj_blocks"),
-     ({"preconditioner": "kfac"}, "preconditioner"), ({"projection_version": "kron-fold-0"}, "projection version")],
+    [
+        ({"proj_dim": 0}, "proj_dim"),
+        ({"seed": -1}, "seed"),
+        ({"task": "regression"}, "task"),
+        ({"targets": []}, "targets"),
+        ({"damping": 0.0}, "damping"),
+        ({"proj_blocks": 0}, "proj_blocks"),
+        ({"preconditioner": "kfac"}, "preconditioner"),
+        ({"projection_version": "kron-fold-0"}, "projection version"),
+    ],
 )
 def test_invalid_fields_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -39,7 +54,9 @@ def test_fingerprint_binds_weights_settings_and_config():
     spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64)
     fp = spec.fingerprint(model)
     assert fp == spec.fingerprint(make_gpt2()) and len(fp) == 64
-    assert fp == ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, damping=5.0, preconditioner="fisher").fingerprint(model)
+    assert fp == ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, damping=5.0, preconditioner="fisher").fingerprint(
+        model
+    )
     assert fp != ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, seed=1).fingerprint(model)
     assert fp != ValuationSpec(targets=GPT2_TARGETS, proj_dim=128).fingerprint(model)
     assert fp != ValuationSpec(targets=GPT2_TARGETS[:1], proj_dim=64).fingerprint(model)
@@ -66,14 +83,25 @@ def test_lora_on_plain_model_explains_fix():
 
 def test_patterns_relative_to_base_model_under_peft():
     model = add_lora(make_gpt2(), ["c_attn"])
-    sketcher = GradientSketcher(model, ValuationSpec(targets=["transformer.h.*.mlp.c_fc", "transformer.h.0.attn.c_attn"]))
+    sketcher = GradientSketcher(
+        model, ValuationSpec(targets=["transformer.h.*.mlp.c_fc", "transformer.h.0.attn.c_attn"])
+    )
     names = [t.name for t, _ in sketcher.targets]
-    assert names == ["base_model.model.transformer.h.0.attn.c_attn.base_layer",
-                     "base_model.model.transformer.h.0.mlp.c_fc", "base_model.model.transformer.h.1.mlp.c_fc"]
+    assert names == [
+        "base_model.model.transformer.h.0.attn.c_attn.base_layer",
+        "base_model.model.transformer.h.0.mlp.c_fc",
+        "base_model.model.transformer.h.1.mlp.c_fc",
+    ]
 
 
 def test_target_order_follows_the_model():
-    sketcher = GradientSketcher(make_gpt2(), ValuationSpec(targets=["transformer.h.*.mlp.c_proj", "transformer.h.0.attn.*"]))
+    sketcher = GradientSketcher(
+        make_gpt2(), ValuationSpec(targets=["transformer.h.*.mlp.c_proj", "transformer.h.0.attn.*"])
+    )
     names = [t.name for t, _ in sketcher.targets]
-    assert names == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj",
-                     "transformer.h.1.mlp.c_proj"]
+    assert names == [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_proj",
+        "transformer.h.1.mlp.c_proj",
+    ]

@@ -27,11 +27,13 @@ def corpus_dataset(n: int = 45, seed: int = 0) -> Dataset:
 
 def test_store_equals_direct_sketches(tmp_path):
     model, data = make_gpt2(), corpus_dataset()
-    store = sketch_dataset(model, data, SPEC, tmp_path / "s", corpus_column="source", batch_size=4, shard_size=16,
-                           progress=False)
+    store = sketch_dataset(
+        model, data, SPEC, tmp_path / "s", corpus_column="source", batch_size=4, shard_size=16, progress=False
+    )
     assert len(store) == 45 and store.complete and len(store.manifest["shards"]) == 3
-    direct = torch.cat([GradientSketcher(model, SPEC).sketch({"input_ids": torch.tensor([row["input_ids"]])})
-                        for row in data])
+    direct = torch.cat(
+        [GradientSketcher(model, SPEC).sketch({"input_ids": torch.tensor([row["input_ids"]])}) for row in data]
+    )
     torch.testing.assert_close(store.sketches(), direct, rtol=1e-5, atol=1e-6)
     assert store.corpus_labels() == [f"c{i % 3}" for i in range(45)]
     assert store.ids() == [example_id(row["input_ids"]).hex() for row in data]
@@ -41,8 +43,9 @@ def test_store_equals_direct_sketches(tmp_path):
 
 def test_interrupted_run_resumes_to_identical_store(tmp_path, monkeypatch):
     model, data = make_gpt2(), corpus_dataset()
-    reference = sketch_dataset(model, data, SPEC, tmp_path / "ref", corpus_column="source", batch_size=4,
-                               shard_size=8, progress=False)
+    reference = sketch_dataset(
+        model, data, SPEC, tmp_path / "ref", corpus_column="source", batch_size=4, shard_size=8, progress=False
+    )
     calls = {"n": 0}
     original = sketcher_module.GradientSketcher.sketch
 
@@ -54,13 +57,15 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sketcher_module.GradientSketcher, "sketch", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        sketch_dataset(model, data, SPEC, tmp_path / "run", corpus_column="source", batch_size=4, shard_size=8,
-                       progress=False)
+        sketch_dataset(
+            model, data, SPEC, tmp_path / "run", corpus_column="source", batch_size=4, shard_size=8, progress=False
+        )
     partial = SketchStore(tmp_path / "run")
     assert not partial.complete and len(partial) == 24  # three whole shards, nothing else
     monkeypatch.setattr(sketcher_module.GradientSketcher, "sketch", original)
-    resumed = sketch_dataset(model, data, SPEC, tmp_path / "run", corpus_column="source", batch_size=5,
-                             shard_size=8, progress=False)
+    resumed = sketch_dataset(
+        model, data, SPEC, tmp_path / "run", corpus_column="source", batch_size=5, shard_size=8, progress=False
+    )
     assert resumed.complete and len(resumed) == 45
     assert resumed.ids() == reference.ids()
     assert resumed.corpus_labels() == reference.corpus_labels()
@@ -74,8 +79,13 @@ def test_resume_refuses_other_spec_model_or_data(tmp_path):
     path = tmp_path / "s"
     sketch_dataset(model, data.select(range(20)), SPEC, path, batch_size=8, shard_size=8, progress=False)
     with pytest.raises(SpecMismatchError, match="fingerprint"):
-        sketch_dataset(model, data.select(range(20)), ValuationSpec(targets=GPT2_TARGETS, proj_dim=32, seed=1,
-                                                                    proj_factor=8), path, progress=False)
+        sketch_dataset(
+            model,
+            data.select(range(20)),
+            ValuationSpec(targets=GPT2_TARGETS, proj_dim=32, seed=1, proj_factor=8),
+            path,
+            progress=False,
+        )
     with pytest.raises(SpecMismatchError, match="fingerprint"):
         sketch_dataset(make_gpt2(seed=1), data.select(range(20)), SPEC, path, shard_size=8, progress=False)
     with pytest.raises(SpecMismatchError, match="dataset settings"):
@@ -118,8 +128,9 @@ def test_bad_datasets_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         sketch_dataset(model, corpus_dataset().select([]), SPEC, tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="no tokens"):
-        sketch_dataset(model, Dataset.from_list([{"input_ids": [3, 4]}, {"input_ids": []}]), SPEC, tmp_path / "b",
-                       progress=False)
+        sketch_dataset(
+            model, Dataset.from_list([{"input_ids": [3, 4]}, {"input_ids": []}]), SPEC, tmp_path / "b", progress=False
+        )
     with pytest.raises(KeyError, match="corpus_column `nope`"):
         sketch_dataset(model, corpus_dataset(), SPEC, tmp_path / "c", corpus_column="nope", progress=False)
     with pytest.raises(KeyError, match="neither `input_ids` nor a `text` column"):
@@ -136,8 +147,12 @@ def test_text_dataset_with_real_tokenizer_classification(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     model = make_bert(vocab=tokenizer.vocab_size, labels=2)
-    spec = ValuationSpec(targets=["classifier", "bert.encoder.layer.1.output.dense"], proj_dim=32,
-                         task="sequence_classification", proj_factor=8)
+    spec = ValuationSpec(
+        targets=["classifier", "bert.encoder.layer.1.output.dense"],
+        proj_dim=32,
+        task="sequence_classification",
+        proj_factor=8,
+    )
     data = Dataset.from_dict({"text": ["good film", "bad plot, worse acting", "fine"], "label": [1, 0, 1]})
     store = sketch_dataset(model, data, spec, tmp_path / "s", tokenizer=tokenizer, corpus="reviews", progress=False)
     batch = tokenizer(["bad plot, worse acting"], return_tensors="pt")
