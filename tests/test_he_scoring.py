@@ -1,0 +1,121 @@
+"""The CKKS scorer: decrypted values equal plaintext values; policy and bindings enforced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_store
+
+from tip_hf import SpecMismatchError, ValuationSpec
+from tip_hf.he import BuyerKeys, PolicyError, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return BuyerKeys.generate()
+
+
+def market(n: int, k: int, seed: int = 0):
+    """Uneven corpora: sizes ~ 1 : 2 : 3 ... plus a corpus of a single example."""
+    rng = np.random.default_rng(seed)
+    sketches = rng.normal(size=(n, k)) * rng.uniform(0.2, 3.0, size=(n, 1))
+    labels = np.array([f"c{min(int(x), 5)}" for x in rng.exponential(1.0, n)], dtype=object)
+    labels[-1] = "single"
+    sketches[labels == "c2"] += 0.3  # a corpus aligned with the query's direction below
+    return sketches, labels
+
+
+def plaintext(sketches, labels, q):
+    values = sketches.astype(np.float32).astype(np.float64) @ q
+    return {c: (values[labels == c].sum(), values[labels == c].mean()) for c in np.unique(labels)}, values
+
+
+@pytest.mark.parametrize("k", [256, 1024, 4096])
+def test_corpus_values_match_plaintext(tmp_path, keys, k):
+    n = 8000 if k < 4096 else 2500
+    sketches, labels = market(n, k, seed=k)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    q = np.random.default_rng(1).normal(size=k) * 0.01 + 0.3 / k**0.5
+    query = encrypt_query(q, keys, store.spec, fingerprint=store.fingerprint)
+    result = score_encrypted(
+        query.to_bytes(),
+        store,
+        keys.public.to_message().to_bytes(),
+        policy=ReleasePolicy(min_examples=1),
+        progress=False,
+    )
+    table = decrypt_scores(result.to_bytes(), keys)
+    expected, _ = plaintext(sketches, labels, q)
+    largest = max(abs(s) for s, _ in expected.values())
+    for row in table.rows:
+        s, m = expected[row["corpus"]]
+        assert abs(row["sum"] - s) <= 1e-6 * largest, (row, s)
+        assert abs(row["mean"] - m) <= 1e-6 * max(abs(mm) for _, mm in expected.values())
+        assert row["count"] == int((labels == row["corpus"]).sum())
+    ranking = [row["corpus"] for row in table.rows]
+    assert ranking == sorted(expected, key=lambda c: -expected[c][0])
+    assert "single" in ranking
+    if k < 4096:  # one corpus holds more examples than a ciphertext has slots
+        assert max(np.unique(labels, return_counts=True)[1]) > keys.public.params.slots
+
+
+def test_example_values_match_plaintext_across_blocks(tmp_path, keys):
+    k = 1024
+    sketches, labels = market(9000, k, seed=3)  # > 2 blocks of 4096 slots, shards of 3000
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    q = np.random.default_rng(2).normal(size=k)
+    query = encrypt_query(q, keys, store.spec)
+    result = score_encrypted(
+        query, store, keys.public, release="example", policy=ReleasePolicy(allow_example_release=True), progress=False
+    )
+    table = decrypt_scores(result, keys)
+    _, values = plaintext(sketches, labels, q)
+    assert table.values.shape == values.shape and table.corpus == list(labels)
+    assert np.abs(table.values - values).max() <= 1e-6 * np.abs(values).max()
+    assert np.array_equal(np.argsort(-table.values, kind="stable")[:100], np.argsort(-values, kind="stable")[:100])
+    assert result.header["commitment"]["examples"] == 9000
+
+
+def test_min_examples_withholds_small_corpora(tmp_path, keys):
+    sketches, labels = market(400, 64)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    table = decrypt_scores(score_encrypted(encrypt_query(np.ones(64), keys), store, keys.public, progress=False), keys)
+    single = next(r for r in table.rows if r["corpus"] == "single")
+    assert not single["released"] and "sum" not in single
+    assert "withheld" in str(table)
+
+
+def test_policy_example_release_budget_and_dp(tmp_path, keys):
+    sketches, labels = market(300, 64)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    query = encrypt_query(np.ones(64), keys)
+    with pytest.raises(PolicyError, match="per-example"):
+        score_encrypted(query, store, keys.public, release="example", progress=False)
+    policy = ReleasePolicy(max_queries=2, ledger=str(tmp_path / "ledger.json"))
+    for _ in range(2):
+        score_encrypted(query, store, keys.public, policy=policy, progress=False)
+    with pytest.raises(PolicyError, match="budget"):
+        score_encrypted(query, store, keys.public, policy=policy, progress=False)
+    # Gaussian mechanism: sums move by sigma = 2.0 * clip * bound (encrypted units) * 2^3 (|q| = 8)
+    dp = ReleasePolicy(noise_multiplier=2.0, clip_norm=1.0, query_norm_bound=1.0, min_examples=1)
+    runs = [
+        decrypt_scores(score_encrypted(query, store, keys.public, policy=dp, progress=False), keys) for _ in range(12)
+    ]
+    sums = np.array([[r["sum"] for r in sorted(t.rows, key=lambda r: r["corpus"])] for t in runs])
+    assert 8.0 < sums.std(0).mean() < 24.0
+
+
+def test_query_bound_to_spec_and_context(tmp_path, keys):
+    sketches, labels = market(100, 32)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    with pytest.raises(SpecMismatchError, match="fingerprint"):
+        score_encrypted(encrypt_query(np.ones(32), keys, fingerprint="0" * 64), store, keys.public, progress=False)
+    other_spec = ValuationSpec(targets=["synthetic"], proj_dim=32, seed=5)
+    with pytest.raises(SpecMismatchError, match="spec"):
+        score_encrypted(encrypt_query(np.ones(32), keys, other_spec), store, keys.public, progress=False)
+    with pytest.raises(SpecMismatchError, match="dimension"):
+        score_encrypted(encrypt_query(np.ones(16), keys), store, keys.public, progress=False)
+    with pytest.raises(ValueError, match="proj_dim"):
+        encrypt_query(np.ones(16), keys, store.spec)
+    with pytest.raises(ValueError, match="real"):
+        encrypt_query(np.ones(32) + 1j, keys)
