@@ -96,26 +96,8 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 
 def synthetic_store(path, sketches, corpora, spec=None, fingerprint: str = "f" * 64, shard_size: int = 3000):
     """A complete SketchStore holding given sketches [N, k] and corpus labels (no model needed)."""
-    import hashlib
-
     from tip_hf import SketchStore, ValuationSpec
-    from tip_hf.store import StoreWriter
 
     sketches = torch.as_tensor(sketches, dtype=torch.float32)
     spec = spec or ValuationSpec(targets=["synthetic"], proj_dim=sketches.shape[1])
-    header = {
-        "tip_hf_version": "test",
-        "spec": spec.to_dict(),
-        "fingerprint": fingerprint,
-        "projection": {},
-        "proj_dim": sketches.shape[1],
-        "source": {"synthetic": True},
-    }
-    writer = StoreWriter.create(path, header)
-    for lo in range(0, len(sketches), shard_size):
-        rows = range(lo, min(lo + shard_size, len(sketches)))
-        ids = torch.tensor([list(hashlib.sha256(str(i).encode()).digest()) for i in rows], dtype=torch.uint8)
-        codes = torch.tensor([writer.corpus_code(str(corpora[i])) for i in rows], dtype=torch.int32)
-        writer.append(sketches[lo : lo + shard_size], ids, codes)
-    writer.finish()
-    return SketchStore(path)
+    return SketchStore.from_arrays(path, sketches, list(corpora), spec, fingerprint, shard_size=shard_size)

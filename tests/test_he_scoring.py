@@ -119,3 +119,15 @@ def test_query_bound_to_spec_and_context(tmp_path, keys):
         encrypt_query(np.ones(16), keys, store.spec)
     with pytest.raises(ValueError, match="real"):
         encrypt_query(np.ones(32) + 1j, keys)
+
+
+def test_parallel_workers_give_the_same_values(tmp_path, keys):
+    k = 64
+    sketches, labels = market(9000, k, seed=5)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    query = encrypt_query(np.random.default_rng(0).normal(size=k), keys)
+    policy = ReleasePolicy(allow_example_release=True)
+    one = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, progress=False), keys)
+    two = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, workers=2, progress=False), keys)
+    assert np.abs(one.values - two.values).max() < 1e-6 * np.abs(one.values).max()
+    assert one.corpus == two.corpus

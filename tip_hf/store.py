@@ -29,6 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ._version import __version__
 from .errors import SpecMismatchError, StoreCorruptedError
 from .spec import ValuationSpec
 
@@ -108,6 +109,47 @@ class SketchStore:
             )
         self.spec = ValuationSpec.from_dict(self.manifest["spec"])
         self.check(spec=spec, fingerprint=fingerprint, model=model)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        path: str | os.PathLike[str],
+        sketches: torch.Tensor,
+        corpus_labels: list[str],
+        spec: ValuationSpec,
+        fingerprint: str,
+        *,
+        ids: list[bytes] | None = None,
+        shard_size: int = 4096,
+        source: dict[str, Any] | None = None,
+    ) -> SketchStore:
+        """Write sketches you already have (``[N, k]``) as a store: for sketches from another
+        pipeline, for tests and benchmarks. ``ids`` default to hashes of the row index."""
+        sketches = torch.as_tensor(sketches, dtype=torch.float32)
+        if sketches.dim() != 2 or sketches.shape[1] != spec.proj_dim or len(corpus_labels) != len(sketches):
+            raise ValueError(
+                f"Expected sketches [N, {spec.proj_dim}] and N corpus labels, got "
+                f"{tuple(sketches.shape)} and {len(corpus_labels)} labels."
+            )
+        header = {
+            "tip_hf_version": __version__,
+            "spec": spec.to_dict(),
+            "fingerprint": fingerprint,
+            "projection": {},
+            "proj_dim": spec.proj_dim,
+            "source": source or {"from_arrays": True},
+        }
+        writer = StoreWriter.create(Path(path), header)
+        for lo in range(0, len(sketches), shard_size):
+            rows = range(lo, min(lo + shard_size, len(sketches)))
+            digests = [ids[i] if ids is not None else hashlib.sha256(b"row%d" % i).digest() for i in rows]
+            writer.append(
+                sketches[lo : lo + shard_size],
+                torch.tensor([list(d) for d in digests], dtype=torch.uint8),
+                torch.tensor([writer.corpus_code(str(corpus_labels[i])) for i in rows], dtype=torch.int32),
+            )
+        writer.finish()
+        return cls(path)
 
     # -- identity ------------------------------------------------------------------------
     @property

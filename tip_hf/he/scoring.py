@@ -26,9 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import secrets
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -313,11 +316,15 @@ def score_encrypted(
     release: Literal["corpus", "example"] = "corpus",
     policy: ReleasePolicy | None = None,
     *,
+    workers: int = 1,
     progress: bool = True,
 ) -> Message:
     """Seller side: encrypted value of every corpus (sum, mean, count) or, if the policy
     allows, of every example, under the buyer's key. Returns the result message, which also
     carries a commitment (SHA-256 hash root) to exactly the examples scored.
+
+    ``workers > 1`` spreads per-example blocks over that many processes (SEAL is
+    single-threaded); results are identical, blocks stay in store order.
 
     Raises:
         MessageError: the query or context is malformed, truncated or for another context.
@@ -363,7 +370,7 @@ def score_encrypted(
     if release == "corpus":
         blobs = _score_corpora(scorer, store, policy, header, progress)
     else:
-        blobs = _score_examples(scorer, store, policy, header, progress)
+        blobs = _score_examples(scorer, store, policy, header, progress, workers, (query, public))
     return Message(RESULT_KIND, header, blobs)
 
 
@@ -442,22 +449,67 @@ def _score_corpora(
 
 
 def _score_examples(
-    scorer: _Scorer, store: SketchStore, policy: ReleasePolicy, header: dict, progress: bool
+    scorer: _Scorer,
+    store: SketchStore,
+    policy: ReleasePolicy,
+    header: dict,
+    progress: bool,
+    workers: int = 1,
+    material: tuple[Message, PublicContext] | None = None,
 ) -> list[bytes]:
-    blobs, blocks, digest = [], [], hashlib.sha256()
+    blocks, digest = [], hashlib.sha256()
     names = store.corpora
     bar = tqdm(total=len(store), unit="ex", desc="scoring", disable=not progress)
-    for sketches, ids, codes in _blocks(store, scorer.params.slots):
-        rows = _clip(sketches.double(), policy.clip_norm).numpy()
-        exponent = _pow2_at_least(float(np.linalg.norm(rows, axis=1).max(initial=0.0)))
-        blobs.append(scorer.encrypt_block(rows / 2.0**exponent, None))
-        for example_id in ids:
-            digest.update(bytes.fromhex(example_id))
-        blocks.append({"count": len(ids), "exponent": exponent, "corpus": [names[c] for c in codes.tolist()]})
-        bar.update(len(ids))
+
+    def jobs() -> Iterator[tuple[np.ndarray, int]]:
+        for sketches, ids, codes in _blocks(store, scorer.params.slots):
+            rows = _clip(sketches.double(), policy.clip_norm).numpy()
+            exponent = _pow2_at_least(float(np.linalg.norm(rows, axis=1).max(initial=0.0)))
+            for example_id in ids:
+                digest.update(bytes.fromhex(example_id))
+            blocks.append({"count": len(ids), "exponent": exponent, "corpus": [names[c] for c in codes.tolist()]})
+            yield rows / 2.0**exponent, len(ids)
+
+    blobs: list[bytes] = []
+    if workers <= 1 or material is None:
+        for rows, count in jobs():
+            blobs.append(scorer.encrypt_block(rows, None))
+            bar.update(count)
+    else:
+        query, public = material
+        init = (query.to_bytes(), public.to_message().to_bytes())
+        with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_worker_init, initargs=init) as pool:
+            pending: deque = deque()
+            for rows, count in jobs():
+                pending.append((pool.submit(_worker_block, rows), count))
+                while len(pending) > 2 * workers:  # bounded: memory stays flat as N grows
+                    future, done = pending.popleft()
+                    blobs.append(future.result())
+                    bar.update(done)
+            for future, done in pending:
+                blobs.append(future.result())
+                bar.update(done)
     bar.close()
     header.update(blocks=blocks, commitment={"root": digest.hexdigest(), "examples": len(store)})
     return blobs
+
+
+_WORKER: _Scorer | None = None
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _worker_init(query: bytes, public: bytes) -> None:
+    global _WORKER
+    _WORKER = _Scorer(Message.from_bytes(query, QUERY_KIND), PublicContext.load(public))
+
+
+def _worker_block(rows: np.ndarray) -> bytes:
+    assert _WORKER is not None
+    return _WORKER.encrypt_block(rows, None)
 
 
 def _root(corpora: list[dict]) -> dict[str, object]:
