@@ -73,7 +73,7 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_unreleased_slots_carry_nothing(keys, store):
-    st, sketches, labels = store
+    st, sketches, _labels = store
     q = np.random.default_rng(1).normal(size=K)
     result = score_encrypted(encrypt_query(q, keys), st, keys.public, progress=False)
     (slots,) = decode_all(result, keys)
@@ -98,7 +98,7 @@ def test_unreleased_slots_carry_nothing(keys, store):
 def test_suffix_sum_reconstruction_fails(keys, store):
     """TenSEAL's `dot` leaves partial sums in the slots, so slot differences give the
     seller's vector back. Here slot differences are noise."""
-    st, sketches, labels = store
+    st, sketches, _labels = store
     q = np.ones(K)
     result = score_encrypted(
         encrypt_query(q, keys),
@@ -131,7 +131,7 @@ def test_imaginary_channel_is_closed(keys, store):
     """Naive layout: a query q + i e_j makes the imaginary part of every slot read out
     coordinate j of each example. Here the conjugation leaves imaginary parts that are pure
     flood noise, and the real part is exactly what an honest real query would release."""
-    st, sketches, labels = store
+    st, sketches, _labels = store
     q = np.random.default_rng(2).normal(size=K) / K**0.5
     honest = encrypt_query(q, keys)
     j = 10
@@ -144,7 +144,6 @@ def test_imaginary_channel_is_closed(keys, store):
     slots = np.concatenate(
         [s[: b["count"]] for s, b in zip(decode_all(result, keys), result.header["blocks"], strict=True)]
     )
-    n = len(sketches)
     assert abs(corr(slots.imag, sketches[:, j])) < 0.05
     assert np.abs(slots.imag).max() < 8 * 2.0 ** result.header["flood_bits"]
     # What the buyer gets is the value of an ordinary real query q' (here q' = q - 0.5 e_11):
@@ -184,7 +183,7 @@ def test_one_hot_and_wide_range_queries_under_default_policy(keys, store):
 
 
 def test_results_are_flooded_and_rerandomised(tmp_path, keys, store):
-    st, sketches, labels = store
+    st, _sketches, _labels = store
     query = encrypt_query(np.ones(K), keys)
     first = score_encrypted(query, st, keys.public, progress=False)
     second = score_encrypted(query, st, keys.public, progress=False)
@@ -230,7 +229,7 @@ def test_bad_messages_give_clear_errors(tmp_path, keys, store):
     st, _, _ = store
     query = encrypt_query(np.ones(K), keys).to_bytes()
     ctx = keys.public.to_message().to_bytes()
-    with pytest.raises(MessageError, match="truncated|checksum"):
+    with pytest.raises(MessageError, match=r"truncated|checksum"):
         score_encrypted(query[: len(query) // 2], st, ctx, progress=False)
     tampered = bytearray(query)
     tampered[len(tampered) // 3] ^= 0x40
@@ -238,7 +237,7 @@ def test_bad_messages_give_clear_errors(tmp_path, keys, store):
         score_encrypted(bytes(tampered), st, ctx, progress=False)
     with pytest.raises(MessageError, match="not a"):
         score_encrypted(b"hello world" * 10, st, ctx, progress=False)
-    with pytest.raises(MessageError, match="Expected a 'tip_hf.query'"):
+    with pytest.raises(MessageError, match=r"Expected a 'tip_hf\.query'"):
         score_encrypted(ctx, st, ctx, progress=False)
     other = BuyerKeys.generate()
     with pytest.raises(MessageError, match="different public context"):

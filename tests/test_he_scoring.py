@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_store
 
-from tip_hf import SpecMismatchError, ValuationSpec
+from tip_hf import SpecMismatchError, ValuationSpec, plaintext_values
 from tip_hf.he import BuyerKeys, PolicyError, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
 
 
@@ -54,6 +54,9 @@ def test_corpus_values_match_plaintext(tmp_path, keys, k):
         assert row["count"] == int((labels == row["corpus"]).sum())
     ranking = [row["corpus"] for row in table.rows]
     assert ranking == sorted(expected, key=lambda c: -expected[c][0])
+    reference = plaintext_values(q, store)  # the library's own plaintext reference agrees
+    assert [r["corpus"] for r in reference.corpora] == ranking
+    assert np.allclose([r["sum"] for r in reference.corpora], [expected[c][0] for c in ranking])
     assert "single" in ranking
     if k < 4096:  # one corpus holds more examples than a ciphertext has slots
         assert max(np.unique(labels, return_counts=True)[1]) > keys.public.params.slots

@@ -10,6 +10,7 @@ from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedErr
 from .sketcher import GradientSketcher
 from .spec import ValuationSpec
 from .store import SketchStore
+from .values import Values, plaintext_values
 
 __all__ = [
     "ValuationSpec",
@@ -18,8 +19,10 @@ __all__ = [
     "SketchStore",
     "TIPError",
     "TargetError",
+    "Values",
     "SpecMismatchError",
     "NonFiniteGradientError",
     "StoreCorruptedError",
     "__version__",
+    "plaintext_values",
 ]

@@ -232,12 +232,13 @@ class _Scorer:
         slots = self.params.slots
         if rows.shape[0] > slots:
             raise ValueError("block larger than the slot count")
-        padded = np.zeros((slots, 2 * len(self.cts)))
-        padded[: rows.shape[0], : rows.shape[1]] = rows
-        pairs = (padded[:, 0::2] + 1j * padded[:, 1::2]) / 2
+        if rows.shape[1] % 2:
+            rows = np.pad(rows, ((0, 0), (0, 1)))
+        # one contiguous row per query ciphertext; SEAL zero-pads a short vector to all slots
+        pairs = np.ascontiguousarray(((rows[:, 0::2] + 1j * rows[:, 1::2]) / 2).T)
         acc = None
         for t, ct in enumerate(self.cts):
-            column = pairs[:, t]
+            column = pairs[t]
             if not column.any():
                 continue
             plain, product = seal.Plaintext(), seal.Ciphertext()
@@ -397,16 +398,16 @@ def _score_corpora(
     scorer: _Scorer, store: SketchStore, policy: ReleasePolicy, header: dict, progress: bool
 ) -> list[bytes]:
     names = store.corpora
-    sums = np.zeros((len(names), store.proj_dim))
+    totals = torch.zeros(len(names), store.proj_dim, dtype=torch.float64)
     counts = np.zeros(len(names), dtype=np.int64)
     digests = [hashlib.sha256() for _ in names]
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
-        clipped = _clip(shard.sketches.double(), policy.clip_norm).numpy()
-        codes = shard.corpus.numpy()
-        np.add.at(sums, codes, clipped)
-        counts += np.bincount(codes, minlength=len(names))
-        for code, example_id in zip(codes.tolist(), shard.id_strings(), strict=True):
-            digests[code].update(bytes.fromhex(example_id))
+        codes = shard.corpus.long()
+        totals.index_add_(0, codes, _clip(shard.sketches.double(), policy.clip_norm))
+        counts += np.bincount(codes.numpy(), minlength=len(names))
+        for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
+            digests[code].update(example_id.tobytes())
+    sums = totals.numpy()
     released = counts >= policy.min_examples
     means = sums / np.maximum(counts, 1)[:, None]
     sum_exp = _pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))

@@ -1,0 +1,43 @@
+"""Plaintext values ``v(z) = q . s_z``: the reference the encrypted scorer must reproduce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .store import SketchStore
+
+__all__ = ["Values", "plaintext_values"]
+
+
+@dataclass
+class Values:
+    """``per_example``: ``[N]`` float64 in store order; ``corpora``: one row per corpus
+    (``corpus``, ``count``, ``sum``, ``mean``), ranked by ``sum``, highest first."""
+
+    per_example: np.ndarray
+    corpus: list[str]
+    corpora: list[dict[str, object]]
+
+
+def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore) -> Values:
+    """Per-example and per-corpus values of ``query`` (``[k]``) over a store, in float64,
+    streaming shard by shard."""
+    q = torch.as_tensor(np.asarray(query), dtype=torch.float64).reshape(-1)
+    if q.numel() != store.proj_dim:
+        raise ValueError(f"The query has {q.numel()} entries; the store's sketches have {store.proj_dim}.")
+    names = store.corpora
+    parts, codes = [], []
+    for shard in store.shards():
+        parts.append((shard.sketches.double() @ q).numpy())
+        codes.append(shard.corpus.numpy())
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
+    rows = []
+    for i, name in enumerate(names):
+        mine = values[code == i]
+        rows.append({"corpus": name, "count": len(mine), "sum": float(mine.sum()), "mean": float(mine.mean())})
+    rows.sort(key=lambda r: -float(r["sum"]))  # type: ignore[arg-type]
+    return Values(values, [names[c] for c in code.tolist()], rows)
