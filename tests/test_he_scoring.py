@@ -83,8 +83,9 @@ def test_min_examples_withholds_small_corpora(tmp_path, keys):
     sketches, labels = market(400, 64)
     store = synthetic_store(tmp_path / "s", sketches, labels)
     table = decrypt_scores(score_encrypted(encrypt_query(np.ones(64), keys), store, keys.public, progress=False), keys)
-    single = next(r for r in table.rows if r["corpus"] == "single")
+    single = table["single"]
     assert not single["released"] and "sum" not in single
+    assert table.as_dict()["c0"]["released"] and len(table) == len(store.corpora)
     assert "withheld" in str(table)
 
 
@@ -134,3 +135,18 @@ def test_parallel_workers_give_the_same_values(tmp_path, keys):
     two = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, workers=2, progress=False), keys)
     assert np.abs(one.values - two.values).max() < 1e-6 * np.abs(one.values).max()
     assert one.corpus == two.corpus
+
+
+def test_commitment_verifies_delivered_data(tmp_path, keys):
+    from tip_hf.he import verify_commitment
+
+    sketches, labels = market(200, 16)
+    store = synthetic_store(tmp_path / "s", sketches, labels)
+    result = score_encrypted(encrypt_query(np.ones(16), keys), store, keys.public, progress=False)
+    ids, codes = store.ids(), store.corpus_labels()
+    delivered = {c: [i for i, lab in zip(ids, codes, strict=True) if lab == c] for c in ("c0", "c1")}
+    assert verify_commitment(result, delivered) == {"c0": True, "c1": True}
+    swapped = dict(delivered, c1=delivered["c1"][:-1] + delivered["c0"][:1])  # one example replaced
+    assert verify_commitment(result.to_bytes(), swapped)["c1"] is False
+    with pytest.raises(KeyError, match="not scored"):
+        verify_commitment(result, {"nope": []})

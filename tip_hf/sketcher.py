@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ class GradientSketcher:
         self.targets = resolve_targets(self.model, spec.targets)
         self.projection = spec.projection(self.model)
         self._accepts_position_ids = _accepts(self.model, "position_ids")
+        self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)
 
     @property
@@ -65,7 +67,7 @@ class GradientSketcher:
         return self.projection.matrix()
 
     # -- batches -------------------------------------------------------------------------
-    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         if "input_ids" not in batch:
             raise KeyError(f"The batch has no `input_ids` (keys: {sorted(batch)}). Pass tokenised examples.")
         device = self.device
@@ -101,6 +103,8 @@ class GradientSketcher:
         if self._accepts_position_ids:
             # Positions counted over real tokens only (robust to any padding layout).
             inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self._accepts_use_cache:
+            inputs["use_cache"] = False  # no key/value cache to build: one forward pass
         if labels is None:
             if self.spec.task != "causal_lm":
                 raise KeyError("`sequence_classification` needs `labels` (or `label`) in the batch.")

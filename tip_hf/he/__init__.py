@@ -11,6 +11,7 @@ from .scoring import (
     decrypt_scores,
     encrypt_query,
     score_encrypted,
+    verify_commitment,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "decrypt_scores",
     "encrypt_query",
     "score_encrypted",
+    "verify_commitment",
 ]

@@ -313,7 +313,7 @@ def _blocks(store: SketchStore, size: int) -> Iterator[tuple[torch.Tensor, list[
 def score_encrypted(
     query_msg: EncryptedQuery | Message | bytes | str | os.PathLike[str],
     store: SketchStore | str | os.PathLike[str],
-    public_ctx: PublicContext | Message | bytes | str | os.PathLike[str],
+    public_ctx: PublicContext | BuyerKeys | Message | bytes | str | os.PathLike[str],
     release: Literal["corpus", "example"] = "corpus",
     policy: ReleasePolicy | None = None,
     *,
@@ -334,6 +334,8 @@ def score_encrypted(
     """
     policy = policy or ReleasePolicy()
     query = read_message(query_msg.message if isinstance(query_msg, EncryptedQuery) else query_msg, QUERY_KIND)
+    if isinstance(public_ctx, BuyerKeys):  # convenience in one-process use: only .public is read
+        public_ctx = public_ctx.public
     public = public_ctx if isinstance(public_ctx, PublicContext) else PublicContext.load(public_ctx)
     store = store if isinstance(store, SketchStore) else SketchStore(store)
     if query.header.get("context_hash") != public.hash:
@@ -513,6 +515,33 @@ def _worker_block(rows: np.ndarray) -> bytes:
     return _WORKER.encrypt_block(rows, None)
 
 
+def verify_commitment(
+    result_msg: Message | bytes | str | os.PathLike[str], delivered: dict[str, list[bytes | str]]
+) -> dict[str, bool]:
+    """Buyer, after purchase: does each delivered corpus hold exactly the scored examples?
+
+    Args:
+        delivered: corpus name -> example ids in delivered order (``tip_hf.dataset.example_id``
+            of each tokenised example, bytes or hex), for the corpora bought.
+
+    Returns:
+        ``{corpus: True/False}``; a corpus that was not scored raises ``KeyError``.
+    """
+    result = read_message(result_msg, RESULT_KIND)
+    committed = {c["name"]: c for c in result.header.get("corpora", [])}
+    if not committed:
+        raise MessageError("These scores carry no per-corpus commitment (per-example release).")
+    verdict = {}
+    for name, ids in delivered.items():
+        if name not in committed:
+            raise KeyError(f"Corpus {name!r} was not scored; scored corpora: {sorted(committed)}.")
+        h = hashlib.sha256()
+        for example_id in ids:
+            h.update(bytes.fromhex(example_id) if isinstance(example_id, str) else bytes(example_id))
+        verdict[name] = h.hexdigest() == committed[name]["digest"] and len(ids) == committed[name]["count"]
+    return verdict
+
+
 def _root(corpora: list[dict]) -> dict[str, object]:
     h = hashlib.sha256()
     for c in corpora:
@@ -533,6 +562,20 @@ class ScoreTable:
     values: np.ndarray | None = None
     corpus: list[str] | None = None
     commitment: dict[str, object] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.release == "corpus" else len(self.values if self.values is not None else [])
+
+    def __getitem__(self, corpus: str) -> dict[str, object]:
+        """The row of one corpus by name."""
+        for row in self.rows:
+            if row["corpus"] == corpus:
+                return row
+        raise KeyError(f"No corpus {corpus!r} in these scores; corpora: {[r['corpus'] for r in self.rows]}.")
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        """``{corpus: {"count", "released", "sum", "mean"}}`` (released corpora have values)."""
+        return {str(row["corpus"]): {key: v for key, v in row.items() if key != "corpus"} for row in self.rows}
 
     def __str__(self) -> str:
         if self.release == "example":
