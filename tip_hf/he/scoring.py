@@ -56,6 +56,7 @@ __all__ = [
     "encrypt_query",
     "score_encrypted",
     "decrypt_scores",
+    "verify_commitment",
 ]
 
 QUERY_KIND = "tip_hf.query"
