@@ -116,7 +116,7 @@ def main() -> None:
         batch_size=16,
     )
     score_encrypted(
-        work / "query.tip", store, work / "buyer" / "public_context.tip", policy=ReleasePolicy(min_examples=10)
+        work / "query.tip", store, work / "buyer" / "public_context.tip", policy=ReleasePolicy.conservative()
     ).save(work / "scores.tip")
 
     # buyer: decrypt and rank

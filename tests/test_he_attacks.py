@@ -75,7 +75,8 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_unreleased_slots_carry_nothing(keys, store):
     st, sketches, _labels = store
     q = np.random.default_rng(1).normal(size=K)
-    result = score_encrypted(encrypt_query(q, keys), st, keys.public, progress=False)
+    policy = ReleasePolicy.conservative()  # "trio" (3 examples) is withheld
+    result = score_encrypted(encrypt_query(q, keys), st, keys.public, policy=policy, progress=False)
     (slots,) = decode_all(result, keys)
     header = result.header
     used = {c["sum_slot"] for c in header["corpora"] if c["released"]} | {
@@ -155,13 +156,15 @@ def test_imaginary_channel_is_closed(keys, store):
 
 
 def test_one_hot_and_wide_range_queries_under_default_policy(keys, store):
-    """Corpus-level release (default policy): a one-hot query reveals one coordinate of each
+    """Corpus-level release (conservative policy): a one-hot query reveals one coordinate of each
     released corpus *sum*; k of them reveal the sums. Individual sketches stay hidden, and
     packing several coordinates at scales 1, 2^25, 2^50 into one query does not read them
     out separately: the small ones sink below the flood noise."""
     st, sketches, labels = store
     j = 3
-    table = decrypt_scores(score_encrypted(encrypt_query(np.eye(K)[j], keys), st, keys.public, progress=False), keys)
+    policy = ReleasePolicy.conservative()
+    one_hot = score_encrypted(encrypt_query(np.eye(K)[j], keys), st, keys.public, policy=policy, progress=False)
+    table = decrypt_scores(one_hot, keys)
     by_name = {r["corpus"]: r for r in table.rows}
     big = sketches[labels == "big"].astype(np.float64)
     assert by_name["big"]["sum"] == pytest.approx(big[:, j].sum(), abs=1e-4)  # what leaks: a sum coordinate
@@ -263,3 +266,10 @@ def test_bad_messages_give_clear_errors(tmp_path, keys, store):
         score_encrypted(
             Message("tip_hf.query", honest.message.header, honest.message.blobs[:-1]), st, keys.public, progress=False
         )
+
+
+def test_weak_explicit_parameters_are_refused_by_generate():
+    with pytest.raises(ValueError, match="128-bit"):
+        BuyerKeys.generate(poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 40, 60])
+    keys = BuyerKeys.generate(poly_modulus_degree=16384)
+    assert keys.public_context.params.slots == 8192

@@ -41,7 +41,6 @@ def test_corpus_values_match_plaintext(tmp_path, keys, k):
         query.to_bytes(),
         store,
         keys.public.to_message().to_bytes(),
-        policy=ReleasePolicy(min_examples=1),
         progress=False,
     )
     table = decrypt_scores(result.to_bytes(), keys)
@@ -82,7 +81,9 @@ def test_example_values_match_plaintext_across_blocks(tmp_path, keys):
 def test_min_examples_withholds_small_corpora(tmp_path, keys):
     sketches, labels = market(400, 64)
     store = synthetic_store(tmp_path / "s", sketches, labels)
-    table = decrypt_scores(score_encrypted(encrypt_query(np.ones(64), keys), store, keys.public, progress=False), keys)
+    policy = ReleasePolicy.conservative()
+    result = score_encrypted(encrypt_query(np.ones(64), keys), store, keys.public, policy=policy, progress=False)
+    table = decrypt_scores(result, keys)
     single = table["single"]
     assert not single["released"] and "sum" not in single
     assert table.as_dict()["c0"]["released"] and len(table) == len(store.corpora)
@@ -94,7 +95,7 @@ def test_policy_example_release_budget_and_dp(tmp_path, keys):
     store = synthetic_store(tmp_path / "s", sketches, labels)
     query = encrypt_query(np.ones(64), keys)
     with pytest.raises(PolicyError, match="per-example"):
-        score_encrypted(query, store, keys.public, release="example", progress=False)
+        score_encrypted(query, store, keys.public, "example", ReleasePolicy.conservative(), progress=False)
     policy = ReleasePolicy(max_queries=2, ledger=str(tmp_path / "ledger.json"))
     for _ in range(2):
         score_encrypted(query, store, keys.public, policy=policy, progress=False)

@@ -160,3 +160,12 @@ def test_text_dataset_with_real_tokenizer_classification(tmp_path):
     torch.testing.assert_close(store.sketches()[1:2], direct, rtol=1e-5, atol=1e-6)
     assert store.corpora == ["reviews"]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["source"]["label_column"] == "label"
+
+
+def test_default_output_dir_is_a_reusable_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIP_HF_CACHE", str(tmp_path / "cache"))
+    model, data = make_gpt2(), corpus_dataset(12)
+    store = sketch_dataset(model, data, SPEC, progress=False)
+    assert store.path.parent == tmp_path / "cache" / "stores" and len(store) == 12
+    again = sketch_dataset(model, data, SPEC, progress=False)  # complete: reused, not redone
+    assert again.path == store.path and SketchStore.load(store.path, spec=SPEC).ids() == store.ids()

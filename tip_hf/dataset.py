@@ -194,7 +194,7 @@ def sketch_dataset(
     model: nn.Module,
     dataset: Any,
     spec: ValuationSpec,
-    output_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None = None,
     *,
     tokenizer: Any = None,
     text_column: str = "text",
@@ -213,6 +213,8 @@ def sketch_dataset(
     Args:
         dataset: a ``datasets.Dataset`` (or ``IterableDataset``) that is tokenised
             (``input_ids``) or has ``text_column`` (then pass ``tokenizer``).
+        output_dir: where the store goes. Default: ``$TIP_HF_CACHE`` (``~/.cache/tip_hf``)
+            ``/stores/<spec fingerprint>-<data hash>``, so re-running resumes or reuses it.
         label_column: labels (classification: default ``label``/``labels``; causal LM: token
             labels with ``-100``, default: the input ids).
         corpus_column: a column naming each example's corpus; or ``corpus``: one name for all.
@@ -231,7 +233,6 @@ def sketch_dataset(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size}, {shard_size}.")
-    path = Path(output_dir)
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
     examples = _Examples(
         spec,
@@ -247,13 +248,16 @@ def sketch_dataset(
     total = len(dataset) if hasattr(dataset, "__len__") else None
     if total == 0:
         raise ValueError("The dataset is empty: there is nothing to value.")
+    fingerprint = spec.fingerprint(sketcher.model)
+    source = {**examples.settings(), "num_rows": total, "shard_size": shard_size}
+    path = Path(output_dir) if output_dir is not None else _default_dir(fingerprint, source, dataset)
     header = {
         "tip_hf_version": __version__,
         "spec": spec.to_dict(),
-        "fingerprint": spec.fingerprint(sketcher.model),
+        "fingerprint": fingerprint,
         "projection": sketcher.projection.describe(),
         "proj_dim": spec.proj_dim,
-        "source": {**examples.settings(), "num_rows": total, "shard_size": shard_size},
+        "source": source,
     }
     if overwrite and path.exists():
         _remove_store(path)
@@ -282,6 +286,12 @@ def sketch_dataset(
         raise ValueError("The dataset is empty: there is nothing to value.")
     writer.finish()
     return SketchStore(path)
+
+
+def _default_dir(fingerprint: str, source: dict[str, Any], dataset: Any) -> Path:
+    root = Path(os.environ.get("TIP_HF_CACHE", "~/.cache/tip_hf")).expanduser() / "stores"
+    data = hashlib.sha256(repr((sorted(source.items()), getattr(dataset, "_fingerprint", None))).encode())
+    return root / f"{fingerprint[:16]}-{data.hexdigest()[:16]}"
 
 
 def _remove_store(path: Path) -> None:

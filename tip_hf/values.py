@@ -21,6 +21,16 @@ class Values:
     corpus: list[str]
     corpora: list[dict[str, object]]
 
+    def __getitem__(self, corpus: str) -> dict[str, object]:
+        """The row of one corpus by name."""
+        for row in self.corpora:
+            if row["corpus"] == corpus:
+                return row
+        raise KeyError(f"No corpus {corpus!r}; corpora: {[r['corpus'] for r in self.corpora]}.")
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        return {str(r["corpus"]): {k: v for k, v in r.items() if k != "corpus"} for r in self.corpora}
+
 
 def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore) -> Values:
     """Per-example and per-corpus values of ``query`` (``[k]``) over a store, in float64,

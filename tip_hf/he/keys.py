@@ -92,8 +92,26 @@ class BuyerKeys:
     directory: Path | None = None
 
     @classmethod
-    def generate(cls, preset: str | CKKSParams = "n8192") -> BuyerKeys:
+    def generate(
+        cls,
+        preset: str | CKKSParams = "n8192",
+        *,
+        poly_modulus_degree: int | None = None,
+        coeff_mod_bit_sizes: list[int] | tuple[int, ...] | None = None,
+        scale_bits: int | None = None,
+    ) -> BuyerKeys:
+        """New keys for a named preset (``"n8192"`` default, ``"n16384"``), a
+        :class:`CKKSParams`, or explicit overrides of the preset's fields. Parameters below
+        128-bit security (HE Standard) raise ``ValueError`` saying why."""
         params = get_preset(preset) if isinstance(preset, str) else preset
+        if poly_modulus_degree is not None or coeff_mod_bit_sizes is not None or scale_bits is not None:
+            bits = tuple(coeff_mod_bit_sizes or params.coeff_mod_bit_sizes)
+            params = CKKSParams(
+                poly_modulus_degree or params.poly_modulus_degree,
+                bits,
+                scale_bits or (bits[1] if len(bits) > 1 else params.scale_bits),
+                params.flood_bits,
+            )
         context = S.make_context(params)
         keygen = seal.KeyGenerator(context)
         secret_key = keygen.secret_key()
@@ -107,6 +125,11 @@ class BuyerKeys:
     @property
     def context_hash(self) -> str:
         return self.public.hash
+
+    @property
+    def public_context(self) -> PublicContext:
+        """What the seller gets (same as :attr:`public`)."""
+        return self.public
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``secret.key`` (0600), ``public_context.tip`` (send this) and ``queries.json``."""

@@ -69,7 +69,9 @@ class PolicyError(TIPError, PermissionError):
 
 @dataclass(frozen=True)
 class ReleasePolicy:
-    """What the seller agrees to release.
+    """What the seller agrees to release. The defaults restrict nothing beyond what the
+    seller asks ``score_encrypted`` for; :meth:`conservative` is the recommended standing
+    policy when the buyer is not trusted (docs/threat-model.md).
 
     Attributes:
         min_examples: corpora with fewer examples are withheld (their slots stay empty), so a
@@ -89,13 +91,18 @@ class ReleasePolicy:
         ledger: JSON file counting answered queries per context hash.
     """
 
-    min_examples: int = 10
-    allow_example_release: bool = False
+    min_examples: int = 1
+    allow_example_release: bool = True
     noise_multiplier: float | None = None
     clip_norm: float | None = None
     query_norm_bound: float = 1.0
     max_queries: int | None = None
     ledger: str | None = None
+
+    @classmethod
+    def conservative(cls, **overrides: object) -> ReleasePolicy:
+        """Aggregates of >= 10 examples only, no per-example values."""
+        return cls(**{"min_examples": 10, "allow_example_release": False, **overrides})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.min_examples < 1:
