@@ -30,6 +30,9 @@ def make_gpt2(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, 
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        resid_pdrop=0.0,  # no dropout: Trainer runs (train mode) must match eval-mode sketches
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -43,6 +46,8 @@ def make_bert(seed: int = 0, layers: int = 2, width: int = 32, vocab: int = 97, 
         num_attention_heads=4,
         intermediate_size=4 * width,
         max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         num_labels=labels,
         pad_token_id=0,
     )

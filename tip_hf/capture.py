@@ -14,7 +14,7 @@ them on exit, exceptions included.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -61,9 +61,19 @@ class GradientCapture:
             z = capture.intermediate(grads)    # [N, projection.intermediate_dim]
     """
 
-    def __init__(self, projection: KroneckerProjection, targets: Sequence[tuple[Target, nn.Module]]) -> None:
+    def __init__(
+        self,
+        projection: KroneckerProjection,
+        targets: Sequence[tuple[Target, nn.Module]],
+        mode: Literal["grad", "hook"] = "grad",
+    ) -> None:
+        """``mode="grad"``: keep module outputs for one ``autograd.grad`` call (standalone
+        sketching). ``mode="hook"``: register a gradient hook on every output and combine
+        as someone else's backward pass (a Trainer's) runs; read :attr:`accumulated`."""
         self.projection = projection
         self.targets = list(targets)
+        self.mode = mode
+        self.accumulated: torch.Tensor | None = None  # hook mode: [N, M] of the current batch
         self._handles: list[RemovableHandle] = []
         self._mask: torch.Tensor | None = None
         self._n = 0
@@ -100,6 +110,11 @@ class GradientCapture:
         self._outputs = {t.name: [] for t, _ in self.targets}
         self._mask = token_mask.bool()
         self._n = token_mask.shape[0]
+        self.accumulated = None
+
+    def pause(self) -> None:
+        """Ignore forward passes until the next :meth:`begin` (evaluation, skipped steps)."""
+        self._mask = None
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -112,9 +127,12 @@ class GradientCapture:
                 )
             with torch.autocast(device_type=output.device.type, enabled=False):
                 inputs = _per_token(args[0].detach(), self._n)
-                projected = self.projection.project_side(name, "in", inputs)
-                self._inputs[name].append(_drop_padding(projected, self._mask))
-            self._outputs[name].append(output)
+                projected = _drop_padding(self.projection.project_side(name, "in", inputs), self._mask)
+            if self.mode == "grad":
+                self._inputs[name].append(projected)
+                self._outputs[name].append(output)
+            else:
+                output.register_hook(lambda grad: self._on_grad(name, projected, grad))
 
         return hook
 
@@ -127,6 +145,18 @@ class GradientCapture:
                 "the targets belong to the model being run (e.g. the active LoRA adapter)."
             )
         return [out for outs in self._outputs.values() for out in outs]
+
+    def _combine(self, name: str, x_proj: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        deltas = _per_token(grad, self._n)
+        d_proj = _drop_padding(self.projection.project_side(name, "out", deltas), self._mask)
+        return self.projection.combine(name, d_proj, x_proj)
+
+    def _on_grad(self, name: str, x_proj: torch.Tensor, grad: torch.Tensor) -> None:
+        with torch.no_grad(), torch.autocast(device_type=grad.device.type, enabled=False):
+            if self.accumulated is None:
+                self.accumulated = torch.zeros(self._n, self.projection.intermediate_dim, device=grad.device)
+            block = self.projection.layout[name]
+            self.accumulated[:, block.offset : block.offset + block.size] += self._combine(name, x_proj, grad)
 
     def intermediate(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """Combine captured inputs with output gradients (same order as :meth:`outputs`)."""
@@ -142,7 +172,5 @@ class GradientCapture:
                     position += 1
                     if grad is None:
                         continue  # the loss does not depend on this call
-                    deltas = _per_token(grad, self._n)
-                    d_proj = _drop_padding(self.projection.project_side(name, "out", deltas), self._mask)
-                    z[:, span] += self.projection.combine(name, d_proj, x_proj)
+                    z[:, span] += self._combine(name, x_proj, grad)
         return z

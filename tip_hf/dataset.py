@@ -21,7 +21,7 @@ from .sketcher import GradientSketcher, _max_positions
 from .spec import ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter
 
-__all__ = ["sketch_dataset", "example_id"]
+__all__ = ["example_id", "mean_sketch", "sketch_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -336,3 +336,45 @@ def _open_writer(path: Path, header: dict[str, Any], examples: _Examples, datase
                     fix,
                 )
     return StoreWriter(path, manifest)
+
+
+def mean_sketch(
+    model: nn.Module,
+    dataset: Any,
+    spec: ValuationSpec,
+    *,
+    tokenizer: Any = None,
+    text_column: str = "text",
+    label_column: str | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """``(sum of sketches [k] float64, count)`` over a dataset, nothing written to disk: the
+    buyer's eval gradient ``g = sum / count`` (same examples handling as :func:`sketch_dataset`)."""
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = _Examples(
+        spec,
+        _columns(dataset),
+        tokenizer,
+        text_column,
+        label_column,
+        None,
+        None,
+        max_length,
+        _max_positions(sketcher.model),
+    )
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    total, count = torch.zeros(spec.proj_dim, dtype=torch.float64), 0
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
+        for lo, chunk in _chunks(dataset, 0, batch_size):
+            rows = examples.rows(chunk, lo)
+            sketches = sketcher.sketch(_collate(rows, 0 if pad_id is None else int(pad_id), spec.task))
+            total += sketches.double().sum(0).cpu()
+            count += len(rows)
+            bar.update(len(rows))
+    if count == 0:
+        raise ValueError("The evaluation dataset is empty.")
+    return total, count

@@ -1,0 +1,120 @@
+"""TIPCallback inside a real transformers.Trainer run: its per-example sketches equal
+GradientSketcher's for the same examples and weights, whatever the Trainer's loss scaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import GPT2_TARGETS, make_bert, make_gpt2
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from tip_hf import GradientSketcher, ValuationSpec
+from tip_hf.bundle import load_bundle
+from tip_hf.callback import TIPCallback
+
+
+def lm_rows(n: int, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(4, 16, (1,), generator=gen))
+        rows.append({"input_ids": torch.randint(1, 97, (length,), generator=gen).tolist()})
+    return rows
+
+
+def collate_lm(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Right padding, labels -100 on padding (what DataCollatorForLanguageModeling yields)."""
+    length = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def collate_cls(rows: list[dict]) -> dict[str, torch.Tensor]:
+    batch = collate_lm(rows)
+    batch["labels"] = torch.tensor([r["label"] for r in rows])
+    return batch
+
+
+def train(model, rows, collate, spec, tmp_path, accumulation: int, eval_rows=None):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        save_strategy="no",
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    callback = TIPCallback(
+        spec,
+        eval_dataset=eval_rows and Dataset.from_list(eval_rows),
+        output_dir=tmp_path / "bundle",
+        record_sketches=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate, callbacks=[callback]
+    )
+    trainer.train()
+    return callback
+
+
+def match(recorded: torch.Tensor, reference: torch.Tensor) -> None:
+    """Every recorded sketch equals exactly one reference sketch (the Trainer shuffles)."""
+    assert recorded.shape == reference.shape
+    dist = torch.cdist(recorded.double(), reference.double())
+    nearest = dist.argmin(1)
+    assert sorted(nearest.tolist()) == list(range(len(reference)))
+    err = (recorded - reference[nearest]).norm(dim=1) / reference[nearest].norm(dim=1)
+    assert err.max().item() < 1e-4, err.max().item()
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_callback_sketches_equal_sketcher_causal_lm(tmp_path, accumulation):
+    torch.manual_seed(0)
+    model = make_gpt2()
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
+    rows = lm_rows(32)
+    callback = train(model, rows, collate_lm, spec, tmp_path, accumulation, eval_rows=lm_rows(8, seed=1))
+    recorded = torch.cat(callback.sketches)
+    reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
+    match(recorded, reference)
+    # the bundle: F from the training sketches, q = mean eval sketch (identity preconditioner)
+    bundle = load_bundle(tmp_path / "bundle", fingerprint=spec.fingerprint(model))
+    expected_f = reference.double().T @ reference.double() / len(rows)
+    torch.testing.assert_close(bundle.curvature, expected_f, rtol=1e-3, atol=1e-3 * expected_f.abs().max().item())
+    eval_sketches = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in lm_rows(8, seed=1)])
+    torch.testing.assert_close(bundle.query, eval_sketches.double().mean(0), rtol=1e-4, atol=1e-6)
+    assert bundle.summary["n_examples"] == 32 and bundle.summary["eigenvalue_max"] > 0
+
+
+def test_callback_sketches_equal_sketcher_classification(tmp_path):
+    model = make_bert()
+    spec = ValuationSpec(
+        targets=["bert.encoder.layer.*.output.dense", "classifier"],
+        proj_dim=64,
+        proj_factor=8,
+        task="sequence_classification",
+        preconditioner="fisher",
+    )
+    rows = [dict(r, label=i % 3) for i, r in enumerate(lm_rows(16, seed=2))]
+    callback = train(model, rows, collate_cls, spec, tmp_path, 2, eval_rows=rows[:6])
+    recorded = torch.cat(callback.sketches)
+    sketcher = GradientSketcher(model, spec)
+    reference = torch.cat([sketcher.sketch(collate_cls([r])) for r in rows])
+    match(recorded, reference)
+    bundle = load_bundle(tmp_path / "bundle")
+    f = bundle.curvature
+    lam = spec.damping * torch.trace(f) / 64
+    g = torch.cat([sketcher.sketch(collate_cls([r])) for r in rows[:6]]).double().mean(0)
+    torch.testing.assert_close(
+        bundle.query, torch.linalg.solve(f + lam * torch.eye(64, dtype=torch.float64), g), rtol=1e-4, atol=1e-6
+    )

@@ -1,0 +1,271 @@
+"""`TIPCallback`: the buyer's valuation query as a by-product of a `transformers.Trainer` run.
+
+During training it reuses the Trainer's own forward and backward passes: forward hooks on
+the target modules project their inputs, gradient hooks on their outputs project the
+output gradients, and each micro-batch's per-example sketches feed the curvature
+``F = (1/n) sum s_i s_i^T`` (float64). No extra pass over the training data.
+
+The Trainer differentiates a *batch* loss (token mean over the whole batch, divided by
+``num_items_in_batch`` under gradient accumulation, scaled by a GradScaler under fp16, ...);
+a sketch is the gradient of one example's *own* mean loss. The conversion is measured, not
+assumed: a gradient hook on the logits reads the batch-loss normaliser ``Z`` off
+``dL/dlogit[label] = (p_label - 1) / Z`` (least squares over the labelled positions), and
+example ``i``'s sketch is scaled by ``Z / n_i`` (``n_i`` = its target-token count; 1 for
+classification). Callback sketches therefore equal :class:`GradientSketcher` sketches of
+the same example and weights, whatever the Trainer's loss normalisation.
+
+At the end of training the main process sketches ``eval_dataset``, solves
+``q = (F + lambda I)^-1 g`` (or ``q = g``) and writes the buyer bundle (:mod:`tip_hf.bundle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .bundle import Bundle, write_bundle
+from .capture import GradientCapture
+from .curvature import CurvatureAccumulator, solve_query
+from .dataset import mean_sketch
+from .errors import NonFiniteGradientError, TIPError
+from .loss import IGNORE_INDEX
+from .spec import ValuationSpec
+from .targets import resolve_targets, unwrap_model
+
+__all__ = ["TIPCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class TIPCallback(TrainerCallback):
+    """Accumulate the projected curvature during training; write a buyer bundle at the end.
+
+    Args:
+        spec: the valuation settings (targets, k, seed, damping, preconditioner, task).
+        eval_dataset: the buyer's evaluation examples (tokenised, or text + ``tokenizer``);
+            ``None`` skips the query (curvature only).
+        output_dir: where the bundle goes (written by the main process only).
+        every_n_steps: feed F from every n-th optimizer step (1 = all).
+        last_epoch_only: feed F only during the last epoch.
+        max_examples: stop feeding F after this many examples (per process).
+        record_sketches: keep every training sketch in :attr:`sketches` (tests, small runs).
+        tokenizer, eval_batch_size, max_length: for sketching ``eval_dataset``.
+    """
+
+    def __init__(
+        self,
+        spec: ValuationSpec,
+        eval_dataset: Any = None,
+        output_dir: str | os.PathLike[str] = "tip_bundle",
+        *,
+        every_n_steps: int = 1,
+        last_epoch_only: bool = False,
+        max_examples: int | None = None,
+        record_sketches: bool = False,
+        tokenizer: Any = None,
+        eval_batch_size: int = 16,
+        max_length: int | None = None,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"`every_n_steps` must be >= 1, got {every_n_steps}.")
+        if spec.task not in ("causal_lm", "sequence_classification"):
+            raise ValueError(f"Unsupported task {spec.task!r}.")
+        self.spec, self.eval_dataset, self.output_dir = spec, eval_dataset, output_dir
+        self.every_n_steps, self.last_epoch_only, self.max_examples = every_n_steps, last_epoch_only, max_examples
+        self.record_sketches, self.tokenizer = record_sketches, tokenizer
+        self.eval_batch_size, self.max_length = eval_batch_size, max_length
+        self.curvature = CurvatureAccumulator(spec.proj_dim)
+        self.sketches: list[torch.Tensor] = []
+        self.bundle: Bundle | None = None
+        self._capture: GradientCapture | None = None
+        self._handles: list[Any] = []
+        self._model: nn.Module | None = None
+        self._active = False
+        self._pending: dict[str, Any] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise TIPError("TIPCallback needs the Trainer's model (transformers passes it as `model`).")
+        if args.label_smoothing_factor:
+            raise TIPError(
+                "TIPCallback reads per-example gradients off the model's own cross-entropy; "
+                "set label_smoothing_factor=0."
+            )
+        model = unwrap_model(model)
+        if getattr(model, "is_gradient_checkpointing", False):
+            raise TIPError(
+                "TIPCallback does not support gradient checkpointing yet (re-computed forward "
+                "passes would be captured twice); disable gradient_checkpointing."
+            )
+        self._model = model
+        targets = resolve_targets(model, self.spec.targets)
+        self._capture = GradientCapture(self.spec.projection(model), targets, mode="hook").__enter__()
+        self._capture.pause()
+        self._handles = [
+            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            model.register_forward_hook(self._after_forward),
+        ]
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        wanted = state.global_step % self.every_n_steps == 0
+        if self.last_epoch_only and args.num_train_epochs and state.epoch is not None:
+            wanted &= state.epoch >= args.num_train_epochs - 1
+        if self.max_examples is not None:
+            wanted &= self.curvature.count < self.max_examples
+        self._active = bool(wanted)
+
+    def on_substep_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._finish_batch()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._finish_batch()
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._finish_batch()
+        self._remove_hooks()
+        self.curvature.all_reduce()  # collective: every rank
+        if not state.is_world_process_zero:
+            return
+        self.bundle = self.build_bundle()
+        if self.bundle is not None:
+            write_bundle(self.output_dir, self.bundle)
+            logger.info("TIP buyer bundle written to %s", self.output_dir)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._capture is not None:
+            self._capture.remove()
+
+    # -- per micro-batch -----------------------------------------------------------------
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._finish_batch()
+        capture = self._capture
+        if capture is None:
+            return
+        if not (self._active and module.training and torch.is_grad_enabled()):
+            capture.pause()
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        labels = kwargs.get("labels")
+        if input_ids is None or labels is None:
+            capture.pause()
+            return
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        capture.begin(mask)
+        self._pending = {"labels": labels.detach(), "mask": mask.detach(), "normaliser": None}
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._pending is None:
+            return
+        logits = getattr(output, "logits", None)
+        if logits is None or not logits.requires_grad:
+            self._pending = None
+            return
+        pending = self._pending
+        logits_detached = logits.detach()
+
+        def read_normaliser(grad: torch.Tensor) -> None:
+            pending["normaliser"] = _loss_normaliser(logits_detached, grad, pending["labels"], self.spec.task)
+
+        logits.register_hook(read_normaliser)
+
+    def _finish_batch(self) -> None:
+        pending, capture = self._pending, self._capture
+        self._pending = None
+        if pending is None or capture is None:
+            return
+        z = capture.accumulated
+        capture.accumulated = None
+        if z is None or pending["normaliser"] is None:
+            return  # no backward ran for this forward (e.g. an evaluation or a skipped step)
+        scale = pending["normaliser"] / _examples_terms(pending["labels"], pending["mask"], self.spec.task)
+        sketches = capture.projection.fold(z * scale[:, None].to(z.device))
+        if not torch.isfinite(sketches).all():
+            raise NonFiniteGradientError("A training batch produced NaN/Inf gradient sketches (fp16 overflow?).")
+        self.curvature.add(sketches)
+        if self.record_sketches:
+            self.sketches.append(sketches.detach().cpu())
+
+    # -- end of training -----------------------------------------------------------------
+    def build_bundle(self) -> Bundle | None:
+        """Sketch ``eval_dataset`` and solve for the query (main process)."""
+        model = self._model
+        if model is None:
+            raise TIPError("TIPCallback was not attached to a training run.")
+        curvature = self.curvature.matrix if self.curvature.count else None
+        fingerprint = self.spec.fingerprint(model)
+        if self.eval_dataset is None:
+            logger.warning("TIPCallback has no eval_dataset: writing the curvature only, no query.")
+            return None
+        total, count = mean_sketch(
+            model,
+            self.eval_dataset,
+            self.spec,
+            tokenizer=self.tokenizer,
+            batch_size=self.eval_batch_size,
+            max_length=self.max_length,
+            progress=False,
+        )
+        g = total / count
+        solution = solve_query(curvature, g, self.spec.damping, self.spec.preconditioner)
+        summary = {
+            "n_examples": self.curvature.count,
+            "n_eval_examples": count,
+            "proj_dim": self.spec.proj_dim,
+            "preconditioner": self.spec.preconditioner,
+            "damping_relative": self.spec.damping,
+            "damping_lambda": solution.damping,
+            "eigenvalue_min": solution.eigenvalues[0],
+            "eigenvalue_max": solution.eigenvalues[1],
+            "query_norm": float(solution.query.norm()),
+            "eval_gradient_norm": float(g.norm()),
+        }
+        return Bundle(self.spec, fingerprint, curvature, solution.query, g, summary)
+
+
+def _examples_terms(labels: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
+    """Number of loss terms of each example (its own target tokens; 1 for classification)."""
+    if task == "causal_lm":
+        targets = labels[:, 1:]
+        return ((targets != IGNORE_INDEX) & (mask[:, 1:] != 0)).sum(1).clamp(min=1).double()
+    return torch.ones(labels.shape[0], dtype=torch.float64, device=labels.device)
+
+
+def _loss_normaliser(logits: torch.Tensor, grad: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """``Z`` with ``dL/dlogit[label] = (p_label - 1) / Z`` at every labelled position."""
+    with torch.no_grad():
+        if task == "causal_lm":
+            logits, grad, labels = logits[:, :-1], grad[:, :-1], labels[:, 1:]
+        valid = labels != IGNORE_INDEX
+        rows, picked = logits[valid].float(), labels[valid].long()
+        p_label = torch.exp(rows.gather(1, picked[:, None])[:, 0] - torch.logsumexp(rows, dim=1))
+        g_label = grad[valid].float().gather(1, picked[:, None])[:, 0]
+        a = (p_label - 1).double()
+        return (a * a).sum() / (a * g_label.double()).sum()
