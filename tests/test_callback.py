@@ -118,3 +118,37 @@ def test_callback_sketches_equal_sketcher_classification(tmp_path):
     torch.testing.assert_close(
         bundle.query, torch.linalg.solve(f + lam * torch.eye(64, dtype=torch.float64), g), rtol=1e-4, atol=1e-6
     )
+
+
+def test_tip_trainer_helpers(tmp_path):
+    from tip_hf import TIPTrainer
+
+    model = make_gpt2()
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=32, proj_factor=8)
+    rows = lm_rows(16)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    trainer = TIPTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=collate_lm,
+        tip_spec=spec,
+        tip_eval_dataset=Dataset.from_list(lm_rows(6, seed=3)),
+    )
+    trainer.train()
+    assert (tmp_path / "run" / "tip_bundle" / "query.safetensors").is_file()
+    q = trainer.build_query()
+    candidates = Dataset.from_list([dict(r, source=f"c{i % 2}") for i, r in enumerate(lm_rows(10, seed=4))])
+    store = trainer.sketch(candidates, tmp_path / "store", corpus_column="source", progress=False)
+    values = trainer.plaintext_values(store)
+    sketches = store.sketches().double()
+    torch.testing.assert_close(torch.from_numpy(values.per_example), sketches @ q)
+    assert values["c0"]["count"] == 5

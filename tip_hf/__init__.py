@@ -5,11 +5,13 @@ scored under CKKS homomorphic encryption.
 """
 
 from ._version import __version__
+from .callback import TIPCallback
 from .dataset import sketch_dataset
 from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
 from .sketcher import GradientSketcher
 from .spec import ValuationSpec
 from .store import SketchStore
+from .trainer import TIPTrainer
 from .values import Values, plaintext_values
 
 __all__ = [
@@ -17,7 +19,9 @@ __all__ = [
     "GradientSketcher",
     "sketch_dataset",
     "SketchStore",
+    "TIPCallback",
     "TIPError",
+    "TIPTrainer",
     "TargetError",
     "Values",
     "SpecMismatchError",

@@ -214,9 +214,9 @@ class TIPCallback(TrainerCallback):
             self.sketches.append(sketches.detach().cpu())
 
     # -- end of training -----------------------------------------------------------------
-    def build_bundle(self) -> Bundle | None:
+    def build_bundle(self, model: nn.Module | None = None) -> Bundle | None:
         """Sketch ``eval_dataset`` and solve for the query (main process)."""
-        model = self._model
+        model = unwrap_model(model) if model is not None else self._model
         if model is None:
             raise TIPError("TIPCallback was not attached to a training run.")
         curvature = self.curvature.matrix if self.curvature.count else None
