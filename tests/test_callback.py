@@ -152,3 +152,15 @@ def test_tip_trainer_helpers(tmp_path):
     sketches = store.sketches().double()
     torch.testing.assert_close(torch.from_numpy(values.per_example), sketches @ q)
     assert values["c0"]["count"] == 5
+
+
+def test_callback_with_peft_lora(tmp_path):
+    from conftest import add_lora
+
+    model = add_lora(make_gpt2(), ["c_attn", "c_fc"])
+    spec = ValuationSpec(targets="lora", proj_dim=64)
+    rows = lm_rows(16, seed=5)
+    callback = train(model, rows, collate_lm, spec, tmp_path, 2)
+    reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
+    match(torch.cat(callback.sketches), reference)
+    assert callback.bundle is None  # no eval_dataset: curvature only, no query

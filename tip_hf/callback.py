@@ -48,7 +48,7 @@ class TIPCallback(TrainerCallback):
     Args:
         spec: the valuation settings (targets, k, seed, damping, preconditioner, task).
         eval_dataset: the buyer's evaluation examples (tokenised, or text + ``tokenizer``);
-            ``None`` skips the query (curvature only).
+            ``None``: no query and no bundle (the curvature stays in :attr:`curvature`).
         output_dir: where the bundle goes (written by the main process only).
         every_n_steps: feed F from every n-th optimizer step (1 = all).
         last_epoch_only: feed F only during the last epoch.
@@ -222,7 +222,10 @@ class TIPCallback(TrainerCallback):
         curvature = self.curvature.matrix if self.curvature.count else None
         fingerprint = self.spec.fingerprint(model)
         if self.eval_dataset is None:
-            logger.warning("TIPCallback has no eval_dataset: writing the curvature only, no query.")
+            logger.warning(
+                "TIPCallback has no eval_dataset: no query and no bundle are written; the curvature "
+                "is in callback.curvature."
+            )
             return None
         total, count = mean_sketch(
             model,
