@@ -164,3 +164,56 @@ def test_callback_with_peft_lora(tmp_path):
     reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
     match(torch.cat(callback.sketches), reference)
     assert callback.bundle is None  # no eval_dataset: curvature only, no query
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_callback_with_gradient_checkpointing(tmp_path, reentrant):
+    """Checkpointed blocks run their forward twice; each example is still counted once."""
+    model = make_gpt2()
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
+    rows = lm_rows(12, seed=6)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": reentrant},
+    )
+    callback = TIPCallback(spec, record_sketches=True)
+    Trainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate_lm, callbacks=[callback]
+    ).train()
+    model.gradient_checkpointing_disable()
+    reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
+    match(torch.cat(callback.sketches), reference)
+
+
+def test_callback_under_bf16_autocast(tmp_path):
+    """bf16 mixed precision: hooks still accumulate in float32; sketches track the fp32 ones."""
+    model = make_gpt2()
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
+    rows = lm_rows(12, seed=7)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        bf16=True,
+    )
+    callback = TIPCallback(spec, record_sketches=True)
+    Trainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate_lm, callbacks=[callback]
+    ).train()
+    recorded = torch.cat(callback.sketches)
+    assert recorded.dtype == torch.float32
+    reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
+    cos = torch.nn.functional.cosine_similarity(recorded[:, None], reference[None], dim=-1)
+    assert cos.max(1).values.min().item() > 0.98
+    assert sorted(cos.argmax(1).tolist()) == list(range(len(rows)))

@@ -105,19 +105,17 @@ class TIPCallback(TrainerCallback):
                 "set label_smoothing_factor=0."
             )
         model = unwrap_model(model)
-        if getattr(model, "is_gradient_checkpointing", False):
-            raise TIPError(
-                "TIPCallback does not support gradient checkpointing yet (re-computed forward "
-                "passes would be captured twice); disable gradient_checkpointing."
-            )
         self._model = model
         targets = resolve_targets(model, self.spec.targets)
         self._capture = GradientCapture(self.spec.projection(model), targets, mode="hook").__enter__()
         self._capture.pause()
-        self._handles = [
-            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            model.register_forward_hook(self._after_forward),
-        ]
+        self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
+        # Read dL/dlogits where the logits are made: mixed precision (accelerate) returns a
+        # float32 *copy* of the outputs, which the loss's graph does not contain.
+        head = _logits_module(model, self.spec.task)
+        if head is not None:
+            self._handles.append(head.register_forward_hook(self._after_forward))
+        self._handles.append(model.register_forward_hook(self._after_forward))
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -182,13 +180,15 @@ class TIPCallback(TrainerCallback):
         self._pending = {"labels": labels.detach(), "mask": mask.detach(), "normaliser": None}
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._pending is None:
+        if self._pending is None or self._pending.get("hooked"):
             return
-        logits = getattr(output, "logits", None)
+        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
         if logits is None or not logits.requires_grad:
-            self._pending = None
             return
+        if self.spec.task == "sequence_classification" and logits.dim() != 2:
+            return  # e.g. GPT-2's score layer: per-token logits, pooled later; the top-level hook reads them
         pending = self._pending
+        pending["hooked"] = True
         logits_detached = logits.detach()
 
         def read_normaliser(grad: torch.Tensor) -> None:
@@ -203,10 +203,16 @@ class TIPCallback(TrainerCallback):
             return
         z = capture.accumulated
         capture.accumulated = None
-        if z is None or pending["normaliser"] is None:
+        if z is None:
             return  # no backward ran for this forward (e.g. an evaluation or a skipped step)
+        if pending["normaliser"] is None:
+            raise TIPError(
+                "TIPCallback saw the target gradients of a batch but not the gradient of its logits, so it "
+                "cannot convert the Trainer's batch loss to per-example losses. Is the loss computed by the "
+                "model from `outputs.logits` (no custom compute_loss)?"
+            )
         scale = pending["normaliser"] / _examples_terms(pending["labels"], pending["mask"], self.spec.task)
-        sketches = capture.projection.fold(z * scale[:, None].to(z.device))
+        sketches = capture.projection.fold(z * scale[:, None].to(z.device, z.dtype))
         if not torch.isfinite(sketches).all():
             raise NonFiniteGradientError("A training batch produced NaN/Inf gradient sketches (fp16 overflow?).")
         self.curvature.add(sketches)
@@ -251,6 +257,18 @@ class TIPCallback(TrainerCallback):
             "eval_gradient_norm": float(g.norm()),
         }
         return Bundle(self.spec, fingerprint, curvature, solution.query, g, summary)
+
+
+def _logits_module(model: nn.Module, task: str) -> nn.Module | None:
+    """The module whose output is the logits the loss is computed from, if identifiable."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if task == "causal_lm" and hasattr(base, "get_output_embeddings"):
+        return base.get_output_embeddings()
+    for name in ("classifier", "score"):
+        head = getattr(base, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+    return None
 
 
 def _examples_terms(labels: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:

@@ -121,6 +121,8 @@ class GradientCapture:
             if self._mask is None:
                 return  # the model ran outside a sketch (e.g. a generate() call)
             if not output.requires_grad:
+                if self.mode == "hook":
+                    return  # e.g. the no-grad first pass of reentrant checkpointing; the recompute counts
                 raise RuntimeError(
                     f"The output of target module '{name}' does not require grad, so its "
                     "per-example gradient cannot be taken. Run the forward pass with grad enabled."

@@ -1,0 +1,107 @@
+"""Trainer throughput with and without the TIP callback, side by side in one run.
+
+Same model (GPT-2 4x256 by default, random weights), same data and seed; each configuration
+trains ``--steps`` optimizer steps, configurations interleaved for ``--rounds`` rounds,
+median reported. The callback accumulates the k x k curvature from every training example
+(all 16 linear modules, k=4096 by default); the end-of-training query solve (one pass over
+a small eval set) is timed separately. When bergson is importable (``scripts/bench_sketch.sh``
+makes such a venv) its GradientCollectorCallback runs too, with and without its normaliser.
+
+    python scripts/bench_callback.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from tip_hf import TIPCallback, ValuationSpec
+
+ALL_LINEAR = ["transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.*"]
+
+
+def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) -> float:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, n_positions=args.seq, vocab_size=50257)
+    model = GPT2LMHeadModel(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                                  learning_rate=1e-4, report_to=[], use_cpu=True, save_strategy="no",
+                                  logging_strategy="no", dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate,
+                          callbacks=callbacks(model, tmp))
+        start = time.perf_counter()
+        trainer.train()
+        return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--proj-dim", type=int, default=4096)
+    args = parser.parse_args()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    gen = torch.Generator().manual_seed(1)
+    n = args.steps * args.batch_size
+    data = Dataset.from_dict({"input_ids": torch.randint(0, 50257, (n, args.seq), generator=gen).tolist()})
+    spec = ValuationSpec(targets=ALL_LINEAR, proj_dim=args.proj_dim)
+    configs: dict[str, Callable] = {
+        "Trainer": lambda model, tmp: [],
+        f"Trainer + TIPCallback (k={args.proj_dim}, curvature)": lambda model, tmp: [
+            TIPCallback(spec, eval_dataset=None, output_dir=tmp)],
+    }
+    try:
+        from _bergson_callback import make_bergson_callback  # scripts/ on sys.path when run as a script
+
+        configs["Trainer + bergson GradientCollectorCallback (defaults)"] = lambda model, tmp: [
+            make_bergson_callback(model, data, tmp, 16, normalizer=True)]
+        configs["Trainer + bergson (no normaliser)"] = lambda model, tmp: [
+            make_bergson_callback(model, data, tmp, 16, normalizer=False)]
+    except ImportError as e:
+        print(f"bergson: not importable here ({e}); run in the bench venv for the side-by-side")
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    for name, make in configs.items():  # warm-up round, not counted
+        run(args, data, make)
+    for _ in range(args.rounds):
+        for name, make in configs.items():
+            rates[name].append(run(args, data, make))
+    base = statistics.median(rates["Trainer"])
+    print(f"\nGPT-2 {args.layers}x{args.width}, seq {args.seq}, batch {args.batch_size}, CPU "
+          f"{torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds (median)\n")
+    print(f"{'configuration':<58}{'ex/s':>8}{'overhead':>10}")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        print(f"{name:<58}{rate:>8.2f}{100 * (base / rate - 1):>9.1f}%")
+
+    # the end-of-training query: sketch an eval set of 64 examples and solve
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, n_positions=args.seq, vocab_size=50257)
+    model = GPT2LMHeadModel(config)
+    callback = TIPCallback(spec, eval_dataset=data.select(range(min(64, n))))
+    callback._model = model
+    callback.curvature.add(torch.randn(128, args.proj_dim))
+    start = time.perf_counter()
+    callback.build_bundle()
+    print(f"\nend of training: query from 64 eval examples + solve: {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
