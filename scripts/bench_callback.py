@@ -38,11 +38,22 @@ def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) 
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, n_positions=args.seq, vocab_size=50257)
     model = GPT2LMHeadModel(config)
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                                  learning_rate=1e-4, report_to=[], use_cpu=True, save_strategy="no",
-                                  logging_strategy="no", dataloader_num_workers=0, seed=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate,
-                          callbacks=callbacks(model, tmp))
+        targs = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=1e-4,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            logging_strategy="no",
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=callbacks(model, tmp)
+        )
         start = time.perf_counter()
         trainer.train()
         return args.steps * args.batch_size / (time.perf_counter() - start)
@@ -66,26 +77,31 @@ def main() -> None:
     configs: dict[str, Callable] = {
         "Trainer": lambda model, tmp: [],
         f"Trainer + TIPCallback (k={args.proj_dim}, curvature)": lambda model, tmp: [
-            TIPCallback(spec, eval_dataset=None, output_dir=tmp)],
+            TIPCallback(spec, eval_dataset=None, output_dir=tmp)
+        ],
     }
     try:
         from _bergson_callback import make_bergson_callback  # scripts/ on sys.path when run as a script
 
         configs["Trainer + bergson GradientCollectorCallback (defaults)"] = lambda model, tmp: [
-            make_bergson_callback(model, data, tmp, 16, normalizer=True)]
+            make_bergson_callback(model, data, tmp, 16, normalizer=True)
+        ]
         configs["Trainer + bergson (no normaliser)"] = lambda model, tmp: [
-            make_bergson_callback(model, data, tmp, 16, normalizer=False)]
+            make_bergson_callback(model, data, tmp, 16, normalizer=False)
+        ]
     except ImportError as e:
         print(f"bergson: not importable here ({e}); run in the bench venv for the side-by-side")
     rates: dict[str, list[float]] = {name: [] for name in configs}
-    for name, make in configs.items():  # warm-up round, not counted
+    for make in configs.values():  # warm-up round, not counted
         run(args, data, make)
     for _ in range(args.rounds):
         for name, make in configs.items():
             rates[name].append(run(args, data, make))
     base = statistics.median(rates["Trainer"])
-    print(f"\nGPT-2 {args.layers}x{args.width}, seq {args.seq}, batch {args.batch_size}, CPU "
-          f"{torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds (median)\n")
+    print(
+        f"\nGPT-2 {args.layers}x{args.width}, seq {args.seq}, batch {args.batch_size}, CPU "
+        f"{torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds (median)\n"
+    )
     print(f"{'configuration':<58}{'ex/s':>8}{'overhead':>10}")
     for name, values in rates.items():
         rate = statistics.median(values)
