@@ -33,6 +33,23 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
+def bergson_callbacks(normalizer: bool) -> Callable:
+    """bergson 2.5.1's GradientCollectorCallback: every Linear/Conv1D of ``model.base_model``
+    projected to 16x16 (16 modules -> 4096 dims); ``use_optimizer_state`` is its Adam
+    normaliser. It needs ``prepare_for_gradient_collection(trainer)`` before training."""
+    from pathlib import Path
+
+    from bergson.huggingface import GradientCollectorCallback, prepare_for_gradient_collection
+
+    def make(model, tmp):
+        return [
+            GradientCollectorCallback(path=Path(tmp) / "bergson", projection_dim=16, use_optimizer_state=normalizer)
+        ]
+
+    make.prepare = prepare_for_gradient_collection  # type: ignore[attr-defined]
+    return make
+
+
 def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) -> float:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, n_positions=args.seq, vocab_size=50257)
@@ -41,7 +58,7 @@ def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) 
         targs = TrainingArguments(
             output_dir=tmp,
             per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps,
+            num_train_epochs=1,  # the data is exactly `steps` batches (bergson flushes at epoch end)
             learning_rate=1e-4,
             report_to=[],
             use_cpu=True,
@@ -54,6 +71,8 @@ def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) 
         trainer = Trainer(
             model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=callbacks(model, tmp)
         )
+        if hasattr(callbacks, "prepare"):
+            callbacks.prepare(trainer)
         start = time.perf_counter()
         trainer.train()
         return args.steps * args.batch_size / (time.perf_counter() - start)
@@ -81,16 +100,12 @@ def main() -> None:
         ],
     }
     try:
-        from _bergson_callback import make_bergson_callback  # scripts/ on sys.path when run as a script
+        import bergson  # noqa: F401
 
-        configs["Trainer + bergson GradientCollectorCallback (defaults)"] = lambda model, tmp: [
-            make_bergson_callback(model, data, tmp, 16, normalizer=True)
-        ]
-        configs["Trainer + bergson (no normaliser)"] = lambda model, tmp: [
-            make_bergson_callback(model, data, tmp, 16, normalizer=False)
-        ]
+        configs["Trainer + bergson GradientCollectorCallback (defaults, 16x16)"] = bergson_callbacks(True)
+        configs["Trainer + bergson (no Adam normaliser)"] = bergson_callbacks(False)
     except ImportError as e:
-        print(f"bergson: not importable here ({e}); run in the bench venv for the side-by-side")
+        print(f"bergson: not importable here ({e}); ./scripts/bench_sketch.sh builds a venv that has it")
     rates: dict[str, list[float]] = {name: [] for name in configs}
     for make in configs.values():  # warm-up round, not counted
         run(args, data, make)

@@ -5,6 +5,7 @@ scored under CKKS homomorphic encryption.
 """
 
 from ._version import __version__
+from .bundle import Bundle, load_bundle
 from .callback import TIPCallback
 from .dataset import sketch_dataset
 from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
@@ -15,6 +16,8 @@ from .trainer import TIPTrainer
 from .values import Values, plaintext_values
 
 __all__ = [
+    "Bundle",
+    "load_bundle",
     "ValuationSpec",
     "GradientSketcher",
     "sketch_dataset",

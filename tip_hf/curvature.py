@@ -18,7 +18,7 @@ class CurvatureAccumulator:
 
     def add(self, sketches: torch.Tensor) -> None:
         s = sketches.detach().to("cpu", torch.float64)
-        self.sum += s.T @ s
+        self.sum.addmm_(s.T, s)  # in place: no k x k temporary
         self.count += s.shape[0]
 
     def all_reduce(self) -> None:
