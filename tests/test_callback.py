@@ -40,7 +40,8 @@ def collate_cls(rows: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def train(model, rows, collate, spec, tmp_path, accumulation: int, eval_rows=None):
+def train(model, rows, collate, spec, tmp_path, accumulation: int, eval_rows=None, **training_args):
+    """A learning-rate-0 Trainer run (weights stay put) with a recording TIPCallback."""
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
@@ -53,6 +54,7 @@ def train(model, rows, collate, spec, tmp_path, accumulation: int, eval_rows=Non
         save_strategy="no",
         dataloader_num_workers=0,
         seed=0,
+        **training_args,
     )
     callback = TIPCallback(
         spec,
@@ -172,21 +174,16 @@ def test_callback_with_gradient_checkpointing(tmp_path, reentrant):
     model = make_gpt2()
     spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
     rows = lm_rows(12, seed=6)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        learning_rate=0.0,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
+    callback = train(
+        model,
+        rows,
+        collate_lm,
+        spec,
+        tmp_path,
+        1,
         gradient_checkpointing=True,
         gradient_checkpointing_kwargs={"use_reentrant": reentrant},
     )
-    callback = TIPCallback(spec, record_sketches=True)
-    Trainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate_lm, callbacks=[callback]
-    ).train()
     model.gradient_checkpointing_disable()
     reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])
     match(torch.cat(callback.sketches), reference)
@@ -197,20 +194,7 @@ def test_callback_under_bf16_autocast(tmp_path):
     model = make_gpt2()
     spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
     rows = lm_rows(12, seed=7)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        learning_rate=0.0,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        bf16=True,
-    )
-    callback = TIPCallback(spec, record_sketches=True)
-    Trainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate_lm, callbacks=[callback]
-    ).train()
+    callback = train(model, rows, collate_lm, spec, tmp_path, 1, bf16=True)
     recorded = torch.cat(callback.sketches)
     assert recorded.dtype == torch.float32
     reference = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in rows])

@@ -190,6 +190,33 @@ def _columns(dataset: Any) -> list[str]:
     return list(names)
 
 
+def _setup(
+    model: nn.Module,
+    dataset: Any,
+    spec: ValuationSpec,
+    tokenizer: Any,
+    text_column: str,
+    label_column: str | None,
+    corpus_column: str | None,
+    corpus: str | None,
+    max_length: int | None,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[GradientSketcher, _Examples]:
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = _Examples(
+        spec,
+        _columns(dataset),
+        tokenizer,
+        text_column,
+        label_column,
+        corpus_column,
+        corpus,
+        max_length,
+        _max_positions(sketcher.model),
+    )
+    return sketcher, examples
+
+
 def sketch_dataset(
     model: nn.Module,
     dataset: Any,
@@ -233,17 +260,8 @@ def sketch_dataset(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size}, {shard_size}.")
-    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
-    examples = _Examples(
-        spec,
-        _columns(dataset),
-        tokenizer,
-        text_column,
-        label_column,
-        corpus_column,
-        corpus,
-        max_length,
-        _max_positions(sketcher.model),
+    sketcher, examples = _setup(
+        model, dataset, spec, tokenizer, text_column, label_column, corpus_column, corpus, max_length, autocast_dtype
     )
     total = len(dataset) if hasattr(dataset, "__len__") else None
     if total == 0:
@@ -353,17 +371,8 @@ def mean_sketch(
 ) -> tuple[torch.Tensor, int]:
     """``(sum of sketches [k] float64, count)`` over a dataset, nothing written to disk: the
     buyer's eval gradient ``g = sum / count`` (same examples handling as :func:`sketch_dataset`)."""
-    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
-    examples = _Examples(
-        spec,
-        _columns(dataset),
-        tokenizer,
-        text_column,
-        label_column,
-        None,
-        None,
-        max_length,
-        _max_positions(sketcher.model),
+    sketcher, examples = _setup(
+        model, dataset, spec, tokenizer, text_column, label_column, None, None, max_length, autocast_dtype
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
     total, count = torch.zeros(spec.proj_dim, dtype=torch.float64), 0

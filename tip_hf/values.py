@@ -9,11 +9,28 @@ import torch
 
 from .store import SketchStore
 
-__all__ = ["Values", "plaintext_values"]
+__all__ = ["CorpusRows", "Values", "plaintext_values"]
+
+
+class CorpusRows:
+    """Lookup by corpus name over ``self.rows`` (dicts with a ``"corpus"`` key)."""
+
+    rows: list[dict[str, object]]
+
+    def __getitem__(self, corpus: str) -> dict[str, object]:
+        """The row of one corpus by name."""
+        for row in self.rows:
+            if row["corpus"] == corpus:
+                return row
+        raise KeyError(f"No corpus {corpus!r}; corpora: {[r['corpus'] for r in self.rows]}.")
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        """``{corpus: row without its name}``."""
+        return {str(r["corpus"]): {k: v for k, v in r.items() if k != "corpus"} for r in self.rows}
 
 
 @dataclass
-class Values:
+class Values(CorpusRows):
     """``per_example``: ``[N]`` float64 in store order; ``corpora``: one row per corpus
     (``corpus``, ``count``, ``sum``, ``mean``), ranked by ``sum``, highest first."""
 
@@ -21,15 +38,9 @@ class Values:
     corpus: list[str]
     corpora: list[dict[str, object]]
 
-    def __getitem__(self, corpus: str) -> dict[str, object]:
-        """The row of one corpus by name."""
-        for row in self.corpora:
-            if row["corpus"] == corpus:
-                return row
-        raise KeyError(f"No corpus {corpus!r}; corpora: {[r['corpus'] for r in self.corpora]}.")
-
-    def as_dict(self) -> dict[str, dict[str, object]]:
-        return {str(r["corpus"]): {k: v for k, v in r.items() if k != "corpus"} for r in self.corpora}
+    @property
+    def rows(self) -> list[dict[str, object]]:  # type: ignore[override]
+        return self.corpora
 
 
 def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore) -> Values:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from ..errors import SpecMismatchError, TIPError
 from ..spec import ValuationSpec
 from ..store import SketchStore
+from ..values import CorpusRows
 from . import seal as S
 from .keys import BuyerKeys, PublicContext
 from .messages import Message, MessageError, read_message
@@ -561,7 +562,7 @@ def _root(corpora: list[dict]) -> dict[str, object]:
 # buyer: decrypt
 # ---------------------------------------------------------------------------------------
 @dataclass
-class ScoreTable:
+class ScoreTable(CorpusRows):
     """Decrypted values. Per corpus: ``rows`` ranked by total value (``sum``); per example:
     ``values`` in store order with ``corpus`` labels."""
 
@@ -573,17 +574,6 @@ class ScoreTable:
 
     def __len__(self) -> int:
         return len(self.rows) if self.release == "corpus" else len(self.values if self.values is not None else [])
-
-    def __getitem__(self, corpus: str) -> dict[str, object]:
-        """The row of one corpus by name."""
-        for row in self.rows:
-            if row["corpus"] == corpus:
-                return row
-        raise KeyError(f"No corpus {corpus!r} in these scores; corpora: {[r['corpus'] for r in self.rows]}.")
-
-    def as_dict(self) -> dict[str, dict[str, object]]:
-        """``{corpus: {"count", "released", "sum", "mean"}}`` (released corpora have values)."""
-        return {str(row["corpus"]): {key: v for key, v in row.items() if key != "corpus"} for row in self.rows}
 
     def __str__(self) -> str:
         if self.release == "example":
