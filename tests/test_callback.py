@@ -201,3 +201,12 @@ def test_callback_under_bf16_autocast(tmp_path):
     cos = torch.nn.functional.cosine_similarity(recorded[:, None], reference[None], dim=-1)
     assert cos.max(1).values.min().item() > 0.98
     assert sorted(cos.argmax(1).tolist()) == list(range(len(rows)))
+
+
+def test_unsupported_settings_fail_loudly(tmp_path):
+    from tip_hf import TIPError
+
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=16, proj_factor=8)
+    for bad in ({"torch_compile": True}, {"label_smoothing_factor": 0.1}):
+        with pytest.raises(TIPError, match=r"torch\.compile|label_smoothing_factor"):
+            train(make_gpt2(), lm_rows(4), collate_lm, spec, tmp_path, 1, **bad)

@@ -99,6 +99,11 @@ class TIPCallback(TrainerCallback):
     ) -> None:
         if model is None:
             raise TIPError("TIPCallback needs the Trainer's model (transformers passes it as `model`).")
+        if getattr(args, "torch_compile", False) or hasattr(model, "_orig_mod"):
+            raise TIPError(
+                "TIPCallback does not support torch.compile yet: its per-module hooks would force graph breaks "
+                "or be traced away. Train with torch_compile=False (the sketches do not depend on it)."
+            )
         if args.label_smoothing_factor:
             raise TIPError(
                 "TIPCallback reads per-example gradients off the model's own cross-entropy; "
