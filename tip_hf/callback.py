@@ -112,7 +112,8 @@ class TIPCallback(TrainerCallback):
         model = unwrap_model(model)
         self._model = model
         targets = resolve_targets(model, self.spec.targets)
-        self._capture = GradientCapture(self.spec.projection(model), targets, mode="hook").__enter__()
+        projection = self.spec.projection([t for t, _ in targets])
+        self._capture = GradientCapture(projection, targets, mode="hook").__enter__()
         self._capture.pause()
         self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
         # Read dL/dlogits where the logits are made: mixed precision (accelerate) returns a

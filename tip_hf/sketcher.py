@@ -43,7 +43,7 @@ class GradientSketcher:
         self.spec = spec
         self.autocast_dtype = autocast_dtype
         self.targets = resolve_targets(self.model, spec.targets)
-        self.projection = spec.projection(self.model)
+        self.projection = spec.projection([t for t, _ in self.targets])
         self._accepts_position_ids = _accepts(self.model, "position_ids")
         self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)

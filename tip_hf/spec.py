@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from .projection import PROJECTION_VERSION, KroneckerProjection
-from .targets import resolve_targets, unwrap_model
+from .targets import Target, resolve_targets, unwrap_model
 
 __all__ = ["ValuationSpec"]
 
@@ -121,9 +122,13 @@ class ValuationSpec:
         return cls.from_json(Path(path).read_text())
 
     # -- binding to a model --------------------------------------------------------------
-    def projection(self, model: nn.Module) -> KroneckerProjection:
-        """The seeded projection this spec defines on ``model``'s target modules."""
-        targets = [t for t, _ in resolve_targets(model, self.targets)]
+    def projection(self, model_or_targets: nn.Module | Sequence[Target]) -> KroneckerProjection:
+        """The seeded projection this spec defines on a model's target modules (or on
+        already resolved targets, to skip resolving them again)."""
+        if isinstance(model_or_targets, nn.Module):
+            targets = [t for t, _ in resolve_targets(model_or_targets, self.targets)]
+        else:
+            targets = list(model_or_targets)
         return KroneckerProjection(targets, self.proj_dim, self.seed, self.proj_factor, self.proj_blocks)
 
     def sketch_settings(self) -> dict[str, Any]:

@@ -270,6 +270,7 @@ class StoreWriter:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
+        self._codes: dict[str, int] = {}
 
     @classmethod
     def create(cls, path: Path, header: dict[str, Any]) -> StoreWriter:
@@ -285,10 +286,14 @@ class StoreWriter:
         return int(shards[-1]["start"]) + int(shards[-1]["count"]) if shards else 0
 
     def corpus_code(self, label: str) -> int:
+        """Code of a corpus label, appending new labels to ``manifest["corpora"]`` (O(1))."""
         corpora: list[str] = self.manifest["corpora"]
-        if label not in corpora:
+        if len(self._codes) != len(corpora):  # a resumed manifest: index it once
+            self._codes = {name: i for i, name in enumerate(corpora)}
+        if label not in self._codes:
+            self._codes[label] = len(corpora)
             corpora.append(label)
-        return corpora.index(label)
+        return self._codes[label]
 
     def append(self, sketches: torch.Tensor, ids: torch.Tensor, corpus: torch.Tensor) -> None:
         """Write one shard atomically, then record it in the manifest."""

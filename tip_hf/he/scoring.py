@@ -303,20 +303,20 @@ def _check_budget(policy: ReleasePolicy, context_hash: str) -> None:
     os.replace(tmp, path)
 
 
-def _blocks(store: SketchStore, size: int) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor]]:
-    """Stream ``[<= size, k]`` blocks of sketches (+ ids, corpus codes) across shards."""
-    sketches, ids, codes, held = [], [], [], 0
+def _blocks(store: SketchStore, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Stream blocks of ``<= size`` examples across shards: (sketches ``[n, k]``, ids
+    ``[n, 32]`` uint8, corpus codes ``[n]``)."""
+    held: list[tuple[torch.Tensor, ...]] = []
+    count = 0
     for shard in store.shards():
-        sketches.append(shard.sketches)
-        ids.extend(shard.id_strings())
-        codes.append(shard.corpus)
-        held += len(shard.sketches)
-        while held >= size:
-            block, rest = torch.cat(sketches), torch.cat(codes)
-            yield block[:size], ids[:size], rest[:size]
-            sketches, codes, ids, held = [block[size:]], [rest[size:]], ids[size:], held - size
-    if held:
-        yield torch.cat(sketches), ids, torch.cat(codes)
+        held.append((shard.sketches, shard.ids, shard.corpus))
+        count += len(shard.sketches)
+        while count >= size:
+            joined = [torch.cat(parts) for parts in zip(*held, strict=True)]
+            yield tuple(part[:size] for part in joined)  # type: ignore[misc]
+            held, count = [tuple(part[size:] for part in joined)], count - size
+    if count:
+        yield tuple(torch.cat(parts) for parts in zip(*held, strict=True))  # type: ignore[misc]
 
 
 def score_encrypted(
@@ -477,8 +477,7 @@ def _score_examples(
         for sketches, ids, codes in _blocks(store, scorer.params.slots):
             rows = _clip(sketches.double(), policy.clip_norm).numpy()
             exponent = _pow2_at_least(float(np.linalg.norm(rows, axis=1).max(initial=0.0)))
-            for example_id in ids:
-                digest.update(bytes.fromhex(example_id))
+            digest.update(ids.numpy().tobytes())  # the ids in order, as their concatenation
             blocks.append({"count": len(ids), "exponent": exponent, "corpus": [names[c] for c in codes.tolist()]})
             yield rows / 2.0**exponent, len(ids)
 
