@@ -261,7 +261,8 @@ def main() -> None:
     shape = "GPT-2 small 12x768" if args.gpt2_small else f"GPT-2 {args.layers}x{args.width}"
     print(
         f"\n{shape}, seq {args.seq}, batch {args.batch_size}, {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; D = {dim:,} (16 Conv1D weights); median of {args.rounds} rounds\n"
+        f"{torch.get_num_threads()} threads; D = {dim:,} ({len(params)} Conv1D weights); "
+        f"median of {args.rounds} rounds\n"
     )
     ref_full = statistics.median(r[0] for r in results["(a) training step, all weights"])
     ref_lora = statistics.median(r[0] for r in results["(a) training step, LoRA r=8"])

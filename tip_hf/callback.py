@@ -239,7 +239,7 @@ class TIPCallback(TrainerCallback):
                 "is in callback.curvature."
             )
             return None
-        total, count = mean_sketch(
+        total, count, eval_loss = mean_sketch(
             model,
             self.eval_dataset,
             self.spec,
@@ -253,6 +253,7 @@ class TIPCallback(TrainerCallback):
         summary = {
             "n_examples": self.curvature.count,
             "n_eval_examples": count,
+            "eval_loss": eval_loss,
             "proj_dim": self.spec.proj_dim,
             "preconditioner": self.spec.preconditioner,
             "damping_relative": self.spec.damping,

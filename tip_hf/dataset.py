@@ -368,22 +368,24 @@ def mean_sketch(
     max_length: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, int]:
-    """``(sum of sketches [k] float64, count)`` over a dataset, nothing written to disk: the
-    buyer's eval gradient ``g = sum / count`` (same examples handling as :func:`sketch_dataset`)."""
+) -> tuple[torch.Tensor, int, float]:
+    """``(sum of sketches [k] float64, count, mean loss)`` over a dataset, nothing written to
+    disk: the buyer's eval gradient ``g = sum / count`` and eval loss (same examples handling
+    as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
     sketcher, examples = _setup(
         model, dataset, spec, tokenizer, text_column, label_column, None, None, max_length, autocast_dtype
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
-    total, count = torch.zeros(spec.proj_dim, dtype=torch.float64), 0
+    total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
     size = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
         for lo, chunk in _chunks(dataset, 0, batch_size):
             rows = examples.rows(chunk, lo)
             sketches = sketcher.sketch(_collate(rows, 0 if pad_id is None else int(pad_id), spec.task))
             total += sketches.double().sum(0).cpu()
+            loss_sum += float(sketcher.last_losses.double().sum())
             count += len(rows)
             bar.update(len(rows))
     if count == 0:
         raise ValueError("The evaluation dataset is empty.")
-    return total, count
+    return total, count, loss_sum / count

@@ -7,7 +7,9 @@ Two stages, both unbiased (``E[P^T P] = I``), both seeded by name (see :mod:`tip
    it as ``P_out^b G P_in^b^T = sum_t (P_out^b delta_t)(P_in^b x_t)^T`` (``r x r``) without
    forming ``G``: the cost is ``T * B * r * (d_out + d_in + r)`` per example instead of the
    ``T * d_out * d_in`` of a weight gradient. ``P`` are Rademacher (+-1/sqrt(r)) factors; a
-   side no wider than ``r`` (e.g. LoRA's rank side) uses the identity, exactly. Summing
+   side no wider than ``r`` (e.g. LoRA's rank side) uses the identity, exactly, and a module
+   whose gradient is no larger than its blocks' output (a small head, a LoRA factor at large
+   ``k``) is taken exactly: projecting it would only add noise. Summing
    ``B`` independent blocks divides the variance of inner products by ``B``: one ``r x r``
    Kronecker block estimates a rank-one inner product with relative error about
    ``sqrt(2 / r)``, a dense JL map with ``k`` rows about ``sqrt(1 / k)``.
@@ -35,7 +37,7 @@ from .targets import Target
 
 __all__ = ["PROJECTION_VERSION", "ModuleBlock", "KroneckerProjection"]
 
-PROJECTION_VERSION = "kron-fold-1"
+PROJECTION_VERSION = "kron-fold-2"
 AUTO_MIN_BLOCKS = 4
 AUTO_OVERSAMPLING = 4
 
@@ -96,18 +98,33 @@ class KroneckerProjection:
         if not targets:
             raise ValueError("KroneckerProjection needs at least one target module.")
         self.proj_dim, self.seed, self.factor = int(proj_dim), int(seed), int(factor)
-        per_block = [min(factor, t.d_out) * min(factor, t.d_in) for t in targets]
+        exact = {t.name for t in targets if not _projects(t, factor)}
         if blocks is None:
-            projected = sum(p for p, t in zip(per_block, targets, strict=True) if _projects(t, factor))
-            exact = sum(per_block) - projected
-            needed = math.ceil((AUTO_OVERSAMPLING * proj_dim - exact) / projected) if projected else 1
-            blocks = max(AUTO_MIN_BLOCKS, needed) if projected else 1
+            # Fewest blocks whose intermediate dimension reaches 4k. A module whose gradient is
+            # no larger than its share of blocks is taken exactly (projecting it would not
+            # compress, only add noise), which frees budget for the rest: repeat until stable.
+            while True:
+                exact_dim = sum(t.numel for t in targets if t.name in exact)
+                projected = sum(min(factor, t.d_out) * min(factor, t.d_in) for t in targets if t.name not in exact)
+                needed = math.ceil((AUTO_OVERSAMPLING * proj_dim - exact_dim) / projected) if projected else 1
+                blocks = max(AUTO_MIN_BLOCKS, needed) if projected else 1
+                small = {
+                    t.name
+                    for t in targets
+                    if t.name not in exact and t.numel <= blocks * min(factor, t.d_out) * min(factor, t.d_in)
+                }
+                if not small:
+                    break
+                exact |= small
+        else:
+            exact |= {t.name for t in targets if t.numel <= blocks * min(factor, t.d_out) * min(factor, t.d_in)}
         self.blocks = int(blocks)
         layout, offset = [], 0
         for target in targets:
-            r_out, r_in = min(factor, target.d_out), min(factor, target.d_in)
-            count = self.blocks if _projects(target, factor) else 1  # exact modules need one
-            block = ModuleBlock(target, r_out, r_in, count, offset)
+            if target.name in exact:  # identity on both sides: the module's gradient itself
+                block = ModuleBlock(target, target.d_out, target.d_in, 1, offset)
+            else:
+                block = ModuleBlock(target, min(factor, target.d_out), min(factor, target.d_in), self.blocks, offset)
             layout.append(block)
             offset += block.size
         self.layout: dict[str, ModuleBlock] = {b.target.name: b for b in layout}

@@ -47,6 +47,7 @@ class GradientSketcher:
         self._accepts_position_ids = _accepts(self.model, "position_ids")
         self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)
+        self.last_losses = torch.zeros(0)  # per-example losses of the last sketched batch
 
     @property
     def proj_dim(self) -> int:
@@ -144,6 +145,7 @@ class GradientSketcher:
         inputs, labels, mask = self._prepare(batch)
         n = inputs["input_ids"].shape[0]
         if n == 0:
+            self.last_losses = torch.zeros(0)
             return torch.zeros(0, self.proj_dim, device=self.device)
         device_type = self.device.type
         autocast = (
@@ -156,6 +158,7 @@ class GradientSketcher:
             with autocast:
                 logits = self.model(**inputs).logits
             losses, counts = per_example_loss(logits, labels, self.spec.task)
+            self.last_losses = losses.detach().float().cpu()
             outputs = capture.outputs()
             grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
             del logits, losses
