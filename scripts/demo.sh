@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up the virtual environment and run the end-to-end quickstart: a buyer's encrypted query,
-# a seller's three corpora sketched and scored under the buyer's key, the decrypted ranking.
-#   ./scripts/demo.sh [quickstart.py arguments]
+# Set up the virtual environment and run the marketplace demo (`tip demo`): a buyer fine-tunes
+# the real pretrained MiniLM with TIPCallback, eight seller corpora are valued under CKKS, and
+# a realized check fine-tunes on each corpus. Report and figure under tip_demo/.
+#   ./scripts/demo.sh [--quick] [--out DIR] [--seed N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
-python examples/quickstart.py "$@"
+tip demo "$@"

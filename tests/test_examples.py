@@ -25,3 +25,32 @@ def test_quickstart_ranks_clean_data_first_and_flipped_labels_last(tmp_path):
     ranked = [line.split()[1] for line in out.splitlines() if line.strip()[:1].isdigit() and "  " in line]
     assert ranked[:3] == ["in-domain", "off-topic", "flipped-labels"], out
     assert (tmp_path / "scores.tip").is_file() and (tmp_path / "buyer" / "secret.key").is_file()
+
+
+def test_tip_demo_small(tmp_path):
+    """`tip demo`'s pipeline end to end on a few examples per corpus: real Trainer + callback,
+    CKKS, realized fine-tuning; files written, encrypted == plaintext."""
+    import json
+
+    from tip_hf.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        out_dir=str(tmp_path / "demo"),
+        per_corpus=12,
+        n_train=32,
+        n_eval=24,
+        proj_dim=256,
+        realized_epochs=1,
+        buyer_epochs=1,
+        progress=False,
+    )
+    result = run_demo(config)
+    assert len(result.rows) == 8 and -1.0 <= result.spearman <= 1.0
+    for row in result.rows:
+        assert abs(row["value_mean"] - row["plaintext_mean"]) <= 1e-6 * max(
+            abs(r["plaintext_mean"]) for r in result.rows
+        )
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["spearman"] == result.spearman and saved["bundle_summary"]["n_examples"] == 32
+    assert (tmp_path / "demo" / "valuation.png").stat().st_size > 10_000
+    assert "Spearman" in (tmp_path / "demo" / "report.md").read_text()

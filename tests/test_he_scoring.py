@@ -151,3 +151,32 @@ def test_commitment_verifies_delivered_data(tmp_path, keys):
     assert verify_commitment(result.to_bytes(), swapped)["c1"] is False
     with pytest.raises(KeyError, match="not scored"):
         verify_commitment(result, {"nope": []})
+
+
+def test_duplicates_inside_a_corpus_count_once(tmp_path, keys):
+    """Copies of one example cannot carry it past `min_examples` (its value would be released);
+    values stay additive and the distinct count shows the padding."""
+    from tip_hf import SketchStore
+
+    rng = np.random.default_rng(3)
+    unique = rng.normal(size=(12, 64))
+    one = rng.normal(size=(1, 64))
+    sketches = np.concatenate([unique, unique[:4], unique[:4], np.repeat(one, 15, axis=0)])
+    labels = ["padded"] * 20 + ["one-example"] * 15
+    ids = [bytes([i]) * 32 for i in range(12)] + [bytes([i]) * 32 for i in range(4)] * 2 + [b"\xff" * 32] * 15
+    spec = ValuationSpec(targets=["synthetic"], proj_dim=64)
+    store = SketchStore.from_arrays(tmp_path / "s", sketches, labels, spec, "f" * 64, ids=ids)
+    q = rng.normal(size=64)
+    table = decrypt_scores(
+        score_encrypted(
+            encrypt_query(q, keys), store, keys.public, policy=ReleasePolicy.conservative(), progress=False
+        ),
+        keys,
+    )
+    expected = float((sketches[:20] @ q).sum())
+    assert table["padded"]["count"] == 20 and table["padded"]["distinct"] == 12
+    assert table["padded"]["sum"] == pytest.approx(expected, abs=1e-6 * abs(expected) + 1e-9)
+    assert table["padded"]["mean"] == pytest.approx(expected / 20, abs=1e-6 * abs(expected) + 1e-9)
+    assert not table["one-example"]["released"] and "sum" not in table["one-example"]
+    reference = plaintext_values(q, store)
+    assert reference["padded"]["sum"] == pytest.approx(expected) and reference["one-example"]["distinct"] == 1

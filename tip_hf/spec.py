@@ -170,7 +170,8 @@ def _config_json(model: nn.Module) -> str:
     if config is None or not hasattr(config, "to_dict"):
         return "null"
     data = config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
+    # bookkeeping that save_pretrained / from_pretrained rewrite without changing the forward pass
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype", "architectures"):
         data.pop(volatile, None)
     return json.dumps(data, sort_keys=True, default=str)
 

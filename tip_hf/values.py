@@ -32,7 +32,9 @@ class CorpusRows:
 @dataclass
 class Values(CorpusRows):
     """``per_example``: ``[N]`` float64 in store order; ``corpora``: one row per corpus
-    (``corpus``, ``count``, ``sum``, ``mean``), ranked by ``sum``, highest first."""
+    (``corpus``, ``count``, ``distinct``, ``sum``, ``mean``), ranked by ``sum``, highest first.
+    Values are additive (copies of an example count as often as they occur, as in influence
+    functions); ``distinct`` counts different example ids, so padding is visible."""
 
     per_example: np.ndarray
     corpus: list[str]
@@ -45,20 +47,32 @@ class Values(CorpusRows):
 
 def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore) -> Values:
     """Per-example and per-corpus values of ``query`` (``[k]``) over a store, in float64,
-    streaming shard by shard."""
+    streaming shard by shard; exactly what the encrypted per-corpus release computes."""
     q = torch.as_tensor(np.asarray(query), dtype=torch.float64).reshape(-1)
     if q.numel() != store.proj_dim:
         raise ValueError(f"The query has {q.numel()} entries; the store's sketches have {store.proj_dim}.")
     names = store.corpora
-    parts, codes = [], []
+    parts, codes, ids = [], [], []
     for shard in store.shards():
         parts.append((shard.sketches.double() @ q).numpy())
         codes.append(shard.corpus.numpy())
+        ids.extend(example.tobytes() for example in shard.ids.numpy())
     values = np.concatenate(parts) if parts else np.zeros(0)
     code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
+    distinct = [set() for _ in names]
+    for c, example in zip(code.tolist(), ids, strict=True):
+        distinct[c].add(example)
     rows = []
     for i, name in enumerate(names):
         mine = values[code == i]
-        rows.append({"corpus": name, "count": len(mine), "sum": float(mine.sum()), "mean": float(mine.mean())})
+        rows.append(
+            {
+                "corpus": name,
+                "count": len(mine),
+                "distinct": len(distinct[i]),
+                "sum": float(mine.sum()),
+                "mean": float(mine.mean()) if len(mine) else 0.0,
+            }
+        )
     rows.sort(key=lambda r: -float(r["sum"]))  # type: ignore[arg-type]
     return Values(values, [names[c] for c in code.tolist()], rows)

@@ -412,14 +412,20 @@ def _score_corpora(
     totals = torch.zeros(len(names), store.proj_dim, dtype=torch.float64)
     counts = np.zeros(len(names), dtype=np.int64)
     digests = [hashlib.sha256() for _ in names]
+    seen: list[set[bytes]] = [set() for _ in names]
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
         codes = shard.corpus.long()
         totals.index_add_(0, codes, _clip(shard.sketches.double(), policy.clip_norm))
         counts += np.bincount(codes.numpy(), minlength=len(names))
         for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
-            digests[code].update(example_id.tobytes())
+            raw = example_id.tobytes()
+            digests[code].update(raw)
+            seen[code].add(raw)
+    # `min_examples` counts *distinct* examples: copies of one example must not carry it past
+    # the threshold (its value would be released). Values stay additive, as influence is.
+    distinct = np.array([len(ids) for ids in seen], dtype=np.int64)
     sums = totals.numpy()
-    released = counts >= policy.min_examples
+    released = distinct >= policy.min_examples
     means = sums / np.maximum(counts, 1)[:, None]
     sum_exp = _pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))
     mean_exp = _pow2_at_least(float(np.linalg.norm(means[released], axis=1).max(initial=0.0)))
@@ -447,6 +453,7 @@ def _score_corpora(
                 {
                     "name": names[c],
                     "count": int(counts[c]),
+                    "distinct": int(distinct[c]),
                     "released": bool(released[c]),
                     "ciphertext": chunk,
                     "sum_slot": offset,
@@ -577,14 +584,13 @@ class ScoreTable(CorpusRows):
     def __str__(self) -> str:
         if self.release == "example":
             return f"ScoreTable(per-example, {0 if self.values is None else len(self.values)} values)"
-        lines = [f"{'rank':>4}  {'corpus':<24}{'count':>8}{'sum':>14}{'mean':>14}"]
+        lines = [f"{'rank':>4}  {'corpus':<24}{'count':>8}{'distinct':>9}{'sum':>14}{'mean':>14}"]
         for rank, row in enumerate(self.rows, 1):
+            head = f"{row['corpus']!s:<24}{row['count']:>8}{row.get('distinct', row['count']):>9}"
             if row["released"]:
-                lines.append(
-                    f"{rank:>4}  {row['corpus']!s:<24}{row['count']:>8}{row['sum']:>14.6g}{row['mean']:>14.6g}"
-                )
+                lines.append(f"{rank:>4}  {head}{row['sum']:>14.6g}{row['mean']:>14.6g}")
             else:
-                lines.append(f"{'-':>4}  {row['corpus']!s:<24}{row['count']:>8}{'withheld':>14}{'':>14}")
+                lines.append(f"{'-':>4}  {head}{'withheld':>14}{'':>14}")
         return "\n".join(lines)
 
 
@@ -621,7 +627,12 @@ def decrypt_scores(result_msg: Message | bytes | str | os.PathLike[str], keys: B
     decoded = [slots(blob) for blob in result.blobs]
     rows = []
     for c in header["corpora"]:
-        row: dict[str, object] = {"corpus": c["name"], "count": c["count"], "released": c["released"]}
+        row: dict[str, object] = {
+            "corpus": c["name"],
+            "count": c["count"],
+            "distinct": c.get("distinct", c["count"]),
+            "released": c["released"],
+        }
         if c["released"]:
             values = decoded[c["ciphertext"]]
             row["sum"] = float(values[c["sum_slot"]] * 2.0 ** (header["exponents"]["sum"] + q_exp))

@@ -1,0 +1,336 @@
+"""The `tip` CLI end to end: buyer and seller in separate directories, exchanging only files,
+each step a real subprocess; decrypted values equal the plaintext reference. Then bad input:
+every mistake exits non-zero with one line naming the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_bert, minilm_dir
+from datasets import Dataset
+from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+from tip_hf import SketchStore, TIPCallback, ValuationSpec, load_bundle, plaintext_values
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "film", "plot", "cast", "music", "the", "was", "very"]
+
+
+def tip(*args: object, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "tip_hf.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if check and out.returncode != 0:
+        raise AssertionError(f"tip {args[0]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def error_line(out: subprocess.CompletedProcess[str], command: str) -> str:
+    """The one error line; no traceback."""
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith(f"tip {command}: error:")]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def sentences(n: int, seed: int, corpus: str | None = None, flip: bool = False) -> list[dict]:
+    gen = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        words = gen.choice(WORDS, size=int(gen.integers(3, 9)))
+        label = int(any(w in ("good", "great", "fine") for w in words))
+        rows.append({"text": " ".join(words), "label": label ^ int(flip), **({"corpus": corpus} if corpus else {})})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """A buyer that trained with the callback (Python API) and a seller with three corpora."""
+    root = tmp_path_factory.mktemp("market")
+    buyer, seller = root / "buyer", root / "seller"
+    buyer.mkdir()
+    seller.mkdir()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = make_bert(vocab=tokenizer.vocab_size, labels=2)
+    model.config.max_position_embeddings = 64
+    spec = ValuationSpec(
+        targets=["classifier", "bert.encoder.layer.1.output.dense"],
+        proj_dim=64,
+        task="sequence_classification",
+        preconditioner="fisher",
+    )
+
+    def tokenise(rows: list[dict]) -> Dataset:
+        return Dataset.from_list(rows).map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+
+    callback = TIPCallback(
+        spec, eval_dataset=tokenise(sentences(12, 1)), output_dir=buyer / "bundle", tokenizer=tokenizer
+    )
+    args = TrainingArguments(
+        output_dir=str(root / "trainer"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+    )
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenise(sentences(32, 0)),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[callback],
+    ).train()
+    model.save_pretrained(buyer / "model")
+    tokenizer.save_pretrained(buyer / "model")
+
+    # what the buyer sends: the model, spec.json, the public context and the encrypted query
+    tip("keygen", "keys", cwd=buyer)
+    tip("query", "--bundle", "bundle", "--keys", "keys", "-o", "query.tip", cwd=buyer)
+    shutil.copytree(buyer / "model", seller / "model")
+    for name in ("bundle/spec.json", "keys/public_context.tip", "query.tip"):
+        shutil.copy(buyer / name, seller / Path(name).name)
+
+    rows = sentences(24, 2, "clean") + sentences(20, 3, "flipped", flip=True) + sentences(16, 4, "more")
+    with open(seller / "corpora.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    tip(
+        "sketch",
+        "--model",
+        "model",
+        "--spec",
+        "spec.json",
+        "--dataset",
+        "corpora.jsonl",
+        "--corpus-column",
+        "corpus",
+        "-o",
+        "store",
+        cwd=seller,
+    )
+    tip(
+        "score",
+        "--store",
+        "store",
+        "--query",
+        "query.tip",
+        "--context",
+        "public_context.tip",
+        "--min-examples",
+        "2",
+        "-o",
+        "scores.tip",
+        cwd=seller,
+    )
+    shutil.copy(seller / "scores.tip", buyer / "scores.tip")  # what the seller sends back
+    revealed = tip(
+        "reveal", "--scores", "scores.tip", "--keys", "keys", "--budget", "100", "-o", "values.json", cwd=buyer
+    )
+    return {"root": root, "buyer": buyer, "seller": seller, "rows": rows, "reveal": revealed}
+
+
+def test_cli_flow_decrypts_to_the_plaintext_reference(market):
+    buyer, seller = market["buyer"], market["seller"]
+    values = json.loads((buyer / "values.json").read_text())
+    reference = plaintext_values(load_bundle(buyer / "bundle").query, SketchStore(seller / "store"))
+    assert {r["corpus"] for r in values["rows"]} == {"clean", "flipped", "more"}
+    scale = max(abs(r["sum"]) for r in reference.corpora)
+    for row in values["rows"]:
+        ref = reference[row["corpus"]]
+        assert row["count"] == ref["count"]
+        assert row["sum"] == pytest.approx(ref["sum"], abs=1e-6 * scale)
+        assert row["mean"] == pytest.approx(ref["mean"], abs=1e-6 * scale)
+    payouts = values["payouts"]["value_proportional"]
+    assert sum(payouts.values()) == pytest.approx(100.0) or all(v == 0 for v in payouts.values())
+    assert "flat rate" in market["reveal"].stdout
+
+
+def test_cli_verify_and_report(market):
+    buyer, seller = market["buyer"], market["seller"]
+    # the buyer receives the data it bought and checks it against the commitment
+    shutil.copy(seller / "corpora.jsonl", buyer / "delivered.jsonl")
+    ok = tip(
+        "verify",
+        "--scores",
+        "scores.tip",
+        "--dataset",
+        "delivered.jsonl",
+        "--model",
+        "model",
+        "--spec",
+        "bundle/spec.json",
+        "--corpus-column",
+        "corpus",
+        cwd=buyer,
+    )
+    assert ok.stdout.count("matches the commitment") == 3
+    swapped = [dict(r, text=r["text"] + " extra") if i == 0 else r for i, r in enumerate(market["rows"])]
+    with open(buyer / "tampered.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in swapped)
+    bad = tip(
+        "verify",
+        "--scores",
+        "scores.tip",
+        "--dataset",
+        "tampered.jsonl",
+        "--model",
+        "model",
+        "--spec",
+        "bundle/spec.json",
+        "--corpus-column",
+        "corpus",
+        cwd=buyer,
+        check=False,
+    )
+    assert bad.returncode == 1 and "clean" in bad.stdout and "DOES NOT MATCH" in bad.stdout
+    tip("report", "bundle", str(seller / "store"), "values.json", "-o", "report", cwd=buyer)
+    assert (buyer / "report" / "report.md").read_text().count("##") == 3
+    assert (buyer / "report" / "values-values.png").stat().st_size > 1000
+
+
+def test_cli_help_reads_well():
+    out = subprocess.run([sys.executable, "-m", "tip_hf.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("keygen", "query", "sketch", "score", "reveal", "verify", "report", "demo"):
+        assert command in out.stdout
+    entry = shutil.which("tip", path=str(Path(sys.executable).parent))
+    assert entry is not None, "the `tip` console script is not installed"
+
+
+# ---- bad input: non-zero exit, one line naming the problem ---------------------------------
+def test_missing_file(market):
+    out = tip(
+        "score",
+        "--store",
+        "store",
+        "--query",
+        "nope.tip",
+        "--context",
+        "public_context.tip",
+        cwd=market["seller"],
+        check=False,
+    )
+    assert "nope.tip" in error_line(out, "score")
+
+
+def test_bundle_from_another_spec_or_model(market, tmp_path):
+    seller = market["seller"]
+    spec = json.loads((seller / "spec.json").read_text())
+    spec["spec"]["seed"] = 7  # another spec: the fingerprint no longer matches the model
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tip(
+        "sketch",
+        "--model",
+        str(seller / "model"),
+        "--spec",
+        tmp_path / "spec.json",
+        "--dataset",
+        str(seller / "corpora.jsonl"),
+        "-o",
+        tmp_path / "store",
+        cwd=tmp_path,
+        check=False,
+    )
+    line = error_line(out, "sketch")
+    assert "fingerprint" in line and "differs" in line
+
+
+def test_wrong_keys(market, tmp_path):
+    tip("keygen", "other", cwd=tmp_path)
+    out = tip("reveal", "--scores", market["buyer"] / "scores.tip", "--keys", "other", cwd=tmp_path, check=False)
+    assert "wrong keys" in error_line(out, "reveal")
+
+
+def test_truncated_message(market, tmp_path):
+    data = (market["buyer"] / "scores.tip").read_bytes()
+    (tmp_path / "cut.tip").write_bytes(data[: len(data) // 2])
+    out = tip("reveal", "--scores", "cut.tip", "--keys", market["buyer"] / "keys", cwd=tmp_path, check=False)
+    assert "truncated" in error_line(out, "reveal").lower()
+
+
+def test_empty_corpus(market, tmp_path):
+    (tmp_path / "empty.csv").write_text("text,label,corpus\n")
+    out = tip(
+        "sketch",
+        "--model",
+        market["seller"] / "model",
+        "--spec",
+        market["seller"] / "spec.json",
+        "--dataset",
+        "empty.csv",
+        "-o",
+        "store",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert "empty" in error_line(out, "sketch")
+
+
+def test_unknown_column(market, tmp_path):
+    out = tip(
+        "sketch",
+        "--model",
+        market["seller"] / "model",
+        "--spec",
+        market["seller"] / "spec.json",
+        "--dataset",
+        market["seller"] / "corpora.jsonl",
+        "--text-column",
+        "body",
+        "-o",
+        "store",
+        cwd=tmp_path,
+        check=False,
+    )
+    line = error_line(out, "sketch")
+    assert "body" in line and "column" in line
+    assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_offline_hub_dataset_is_a_clear_message(market, tmp_path):
+    out = tip(
+        "sketch",
+        "--model",
+        market["seller"] / "model",
+        "--spec",
+        market["seller"] / "spec.json",
+        "--dataset",
+        "someone/not-cached-corpus",
+        "-o",
+        "store",
+        cwd=tmp_path,
+        check=False,
+    )
+    line = error_line(out, "sketch")
+    assert "someone/not-cached-corpus" in line and "local path" in line
+
+
+def test_sketch_resumes_and_is_deterministic(market, tmp_path):
+    """Re-running `tip sketch` into a finished store reuses it; a fresh store is identical."""
+    seller = market["seller"]
+    args = [
+        "sketch",
+        "--model",
+        seller / "model",
+        "--spec",
+        seller / "spec.json",
+        "--dataset",
+        seller / "corpora.jsonl",
+        "--corpus-column",
+        "corpus",
+        "--batch-size",
+        "5",
+        "--shard-size",
+        "16",
+    ]
+    tip(*args, "-o", tmp_path / "again", cwd=tmp_path)
+    a, b = SketchStore(seller / "store"), SketchStore(tmp_path / "again")
+    assert a.ids() == b.ids()
+    torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)

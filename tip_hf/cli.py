@@ -1,0 +1,415 @@
+"""``tip``: every protocol step as a command that reads and writes plain files.
+
+The buyer and the seller run on different machines and exchange only files:
+
+    buyer : tip keygen keys/                       -> keys/public_context.tip (send)
+    buyer : (train with TIPCallback)               -> bundle/ (send bundle/spec.json + the model)
+    buyer : tip query --bundle bundle --keys keys -o query.tip              (send query.tip)
+    seller: tip sketch --model M --spec spec.json --dataset D -o store/
+    seller: tip score --store store --query query.tip --context public_context.tip -o scores.tip
+    buyer : tip reveal --scores scores.tip --keys keys [--budget 1000]
+    buyer : tip verify --scores scores.tip --dataset delivered/ --model M --spec spec.json
+
+Exit codes: 0 success, 1 bad input or a refused operation (one-line message naming the
+problem and the fix), 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="tip",
+    help="Private data valuation (TIP): sketch, encrypt, score and reveal, one file at a time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Release(str, Enum):
+    corpus = "corpus"
+    example = "example"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    if isinstance(err, KeyError) and text.startswith(("'", '"')) and text.endswith(("'", '"')):
+        text = text[1:-1]
+    return f"{type(err).__name__}: {text}" if not text.startswith(type(err).__name__) else text
+
+
+def _friendly(command: str) -> Callable[[F], F]:
+    """Turn the errors a user can cause into one line on stderr and exit code 1."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from .errors import TIPError
+
+            try:
+                return fn(*args, **kwargs)
+            except (TIPError, OSError, KeyError, ValueError, TypeError, PermissionError) as err:
+                typer.echo(f"tip {command}: error: {_one_line(err)}", err=True)
+                raise typer.Exit(1) from None
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def _need(path: Path, what: str, fix: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} '{path}' does not exist ({fix}).")
+    return path
+
+
+def _read_spec(path: Path) -> tuple[Any, str | None]:
+    """A bundle's ``spec.json`` (spec + fingerprint) or a bare spec JSON."""
+    from .spec import ValuationSpec
+
+    _need(path, "spec file", "the buyer's bundle/spec.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}).") from None
+    if isinstance(data, dict) and "spec" in data:
+        return ValuationSpec.from_dict(data["spec"]), data.get("fingerprint")
+    return ValuationSpec.from_dict(data), None
+
+
+def _load_model(name: str, task: str) -> tuple[Any, Any]:
+    """A model + tokenizer from a local directory or the Hub (peft adapter dirs too)."""
+    import transformers
+
+    local = Path(name)
+    if (local / "adapter_config.json").is_file():
+        import peft
+
+        cls = peft.AutoPeftModelForCausalLM if task == "causal_lm" else peft.AutoPeftModelForSequenceClassification
+    else:
+        cls = (
+            transformers.AutoModelForCausalLM
+            if task == "causal_lm"
+            else transformers.AutoModelForSequenceClassification
+        )
+    try:
+        model = cls.from_pretrained(name)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise OSError(
+            f"Could not load model {name!r}: {str(err).splitlines()[0]} -- pass a local directory written by "
+            "save_pretrained, or a Hub id that is cached (or reachable)."
+        ) from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
+    return model.eval(), tokenizer
+
+
+DatasetArg = Annotated[
+    str, typer.Option("--dataset", help="Hub name, save_to_disk dir, parquet/json/csv, or .txt dir.")
+]
+ConfigArg = Annotated[str | None, typer.Option("--config", help="Hub dataset configuration.")]
+SplitArg = Annotated[str, typer.Option("--split", help="Dataset split.")]
+TextArg = Annotated[str, typer.Option("--text-column", help="Column holding the text (if not tokenised).")]
+LabelArg = Annotated[str | None, typer.Option("--label-column", help="Label column (default: label/labels).")]
+CorpusColArg = Annotated[
+    str | None, typer.Option("--corpus-column", help="Column naming each example's corpus (.txt dirs: 'corpus').")
+]
+CorpusArg = Annotated[str | None, typer.Option("--corpus", help="One corpus name for the whole dataset.")]
+MaxLenArg = Annotated[int | None, typer.Option("--max-length", help="Truncate examples to this many tokens.")]
+
+
+def _corpus_column(dataset: Any, corpus_column: str | None, corpus: str | None) -> str | None:
+    from .data import TXT_CORPUS_COLUMN
+    from .dataset import _columns
+
+    if corpus_column is None and corpus is None and TXT_CORPUS_COLUMN in _columns(dataset):
+        return TXT_CORPUS_COLUMN
+    return corpus_column
+
+
+# ---------------------------------------------------------------------------------------
+# buyer
+# ---------------------------------------------------------------------------------------
+@app.command()
+@_friendly("keygen")
+def keygen(
+    out: Annotated[Path, typer.Argument(help="Directory for secret.key (0600), public_context.tip, queries.json.")],
+    preset: Annotated[str, typer.Option(help="CKKS parameter preset (128-bit secure): n8192 or n16384.")] = "n8192",
+) -> None:
+    """Buyer: make CKKS keys. Send public_context.tip to the seller; keep secret.key."""
+    from .he import BuyerKeys
+
+    if (out / "secret.key").exists():
+        raise FileExistsError(f"'{out}' already holds keys; choose another directory (keys are never overwritten).")
+    keys = BuyerKeys.generate(preset)
+    keys.save(out)
+    typer.echo(f"keys written to {out}/ (send {out / 'public_context.tip'} to the seller; keep secret.key private)")
+
+
+@app.command()
+@_friendly("query")
+def query(
+    bundle: Annotated[Path, typer.Option(help="Buyer bundle directory written by TIPCallback.")],
+    keys: Annotated[Path, typer.Option(help="Buyer keys directory (tip keygen).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encrypted query file to send.")] = Path("query.tip"),
+) -> None:
+    """Buyer: encrypt the bundle's query under the buyer's key, bound to its spec fingerprint."""
+    from .bundle import load_bundle
+    from .he import BuyerKeys, encrypt_query
+
+    _need(bundle, "bundle directory", "train with TIPCallback(output_dir=...) first")
+    _need(keys, "keys directory", "run `tip keygen` first")
+    b = load_bundle(bundle)
+    k = BuyerKeys.load(keys)
+    encrypted = encrypt_query(b.query, k, b.spec, fingerprint=b.fingerprint)
+    encrypted.save(out)
+    typer.echo(f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}) written to {out}")
+
+
+@app.command()
+@_friendly("reveal")
+def reveal(
+    scores: Annotated[Path, typer.Option(help="Result file from the seller's `tip score`.")],
+    keys: Annotated[Path, typer.Option(help="The buyer keys that made the query.")],
+    budget: Annotated[
+        float | None, typer.Option(help="Split this budget by value (and, for comparison, flat).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Values as JSON.")] = Path("values.json"),
+) -> None:
+    """Buyer: decrypt the seller's scores, rank corpora, optionally price them."""
+    from .he import BuyerKeys, decrypt_scores
+    from .pricing import flat_rate_payouts, gini, value_proportional_payouts
+
+    _need(scores, "scores file", "the seller's `tip score` writes it")
+    table = decrypt_scores(scores, BuyerKeys.load(_need(keys, "keys directory", "the buyer's `tip keygen`")))
+    payload: dict[str, Any] = {"release": table.release, "commitment": table.commitment}
+    if table.release == "example":
+        assert table.values is not None
+        payload["values"] = table.values.tolist()
+        payload["corpus"] = table.corpus
+        typer.echo(f"{len(table.values)} per-example values")
+    else:
+        payload["rows"] = table.rows
+        typer.echo(str(table))
+        if budget is not None:
+            released = [r for r in table.rows if r["released"]]
+            by_value = value_proportional_payouts({str(r["corpus"]): float(r["sum"]) for r in released}, budget)
+            flat = flat_rate_payouts({str(r["corpus"]): int(r["count"]) for r in released}, budget)
+            payload["payouts"] = {"value_proportional": by_value, "flat_rate": flat}
+            payload["gini"] = {
+                "value_proportional": gini(list(by_value.values())),
+                "flat_rate": gini(list(flat.values())),
+            }
+            typer.echo(f"\n{'corpus':<28}{'by value':>12}{'flat rate':>12}")
+            for name in by_value:
+                typer.echo(f"{name:<28}{by_value[name]:>12.2f}{flat[name]:>12.2f}")
+            typer.echo(
+                f"{'Gini':<28}{payload['gini']['value_proportional']:>12.3f}{payload['gini']['flat_rate']:>12.3f}"
+            )
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    typer.echo(f"\nvalues written to {out}")
+
+
+@app.command()
+@_friendly("verify")
+def verify(
+    scores: Annotated[Path, typer.Option(help="The result file whose commitment to check against.")],
+    dataset: DatasetArg,
+    model: Annotated[str, typer.Option(help="Model (dir or Hub id) whose tokenizer the seller used.")],
+    spec: Annotated[Path, typer.Option(help="The spec.json the store was made with.")],
+    config: ConfigArg = None,
+    split: SplitArg = "train",
+    text_column: TextArg = "text",
+    label_column: LabelArg = None,
+    corpus_column: CorpusColArg = None,
+    corpus: CorpusArg = None,
+    max_length: MaxLenArg = None,
+) -> None:
+    """Buyer, after purchase: does the delivered data hold exactly the examples that were scored?"""
+    import transformers
+
+    from .data import example_ids_by_corpus, load_corpus
+    from .he import verify_commitment
+
+    _need(scores, "scores file", "the seller's `tip score` writes it")
+    valuation_spec, _ = _read_spec(spec)
+    data = load_corpus(dataset, config=config, split=split)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    ids = example_ids_by_corpus(
+        data,
+        valuation_spec,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        label_column=label_column,
+        corpus_column=_corpus_column(data, corpus_column, corpus),
+        corpus=corpus,
+        max_length=max_length,
+    )
+    verdict = verify_commitment(scores, ids)
+    for name, ok in verdict.items():
+        typer.echo(f"{name:<28}{'matches the commitment' if ok else 'DOES NOT MATCH the commitment'}")
+    if not all(verdict.values()):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------
+# seller
+# ---------------------------------------------------------------------------------------
+@app.command()
+@_friendly("sketch")
+def sketch(
+    model: Annotated[str, typer.Option(help="The buyer's published model: local dir or Hub id.")],
+    spec: Annotated[Path, typer.Option(help="The buyer's spec.json (bundle/spec.json).")],
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory (resumed if it exists).")],
+    config: ConfigArg = None,
+    split: SplitArg = "train",
+    text_column: TextArg = "text",
+    label_column: LabelArg = None,
+    corpus_column: CorpusColArg = None,
+    corpus: CorpusArg = None,
+    max_length: MaxLenArg = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per backward pass.")] = 16,
+    shard_size: Annotated[int, typer.Option(help="Examples per shard (the unit of resumption).")] = 1024,
+    streaming: Annotated[bool, typer.Option(help="Stream the dataset (corpora larger than memory).")] = False,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an existing store.")] = False,
+) -> None:
+    """Seller: sketch a dataset with the buyer's model and spec (nothing leaves this machine)."""
+    import torch
+
+    from .data import load_corpus
+    from .dataset import sketch_dataset
+    from .errors import SpecMismatchError
+
+    valuation_spec, fingerprint = _read_spec(spec)
+    net, tokenizer = _load_model(model, valuation_spec.task)
+    if torch.cuda.is_available():
+        net = net.cuda()
+    if fingerprint is not None and valuation_spec.fingerprint(net) != fingerprint:
+        raise SpecMismatchError(
+            f"The fingerprint of model {model!r}",
+            fingerprint,
+            valuation_spec.fingerprint(net),
+            "Sketch with exactly the model the buyer published (same weights, config and adapters).",
+        )
+    data = load_corpus(dataset, config=config, split=split, streaming=streaming)
+    store = sketch_dataset(
+        net,
+        data,
+        valuation_spec,
+        out,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        label_column=label_column,
+        corpus_column=_corpus_column(data, corpus_column, corpus),
+        corpus=corpus,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        max_length=max_length,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+        overwrite=overwrite,
+    )
+    typer.echo(f"{len(store)} sketches (k = {store.proj_dim}) in {len(store.corpora)} corpora written to {out}")
+
+
+@app.command()
+@_friendly("score")
+def score(
+    store: Annotated[Path, typer.Option(help="The seller's store (tip sketch).")],
+    query_file: Annotated[Path, typer.Option("--query", help="The buyer's encrypted query.")],
+    context: Annotated[Path, typer.Option(help="The buyer's public_context.tip.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encrypted result to send back.")] = Path("scores.tip"),
+    release: Annotated[Release, typer.Option(help="Release per corpus or per example.")] = Release.corpus,
+    min_examples: Annotated[int, typer.Option(help="Withhold corpora with fewer examples.")] = 10,
+    allow_example_release: Annotated[bool, typer.Option(help="Permit --release example.")] = False,
+    noise_multiplier: Annotated[float | None, typer.Option(help="Gaussian DP noise (needs --clip-norm).")] = None,
+    clip_norm: Annotated[float | None, typer.Option(help="Clip each sketch to this L2 norm.")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Answer at most this many queries per buyer.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="JSON file counting answered queries.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes for per-example scoring.")] = 1,
+) -> None:
+    """Seller: score the store under the buyer's key. Default policy: aggregates of >= 10
+    examples, no per-example values."""
+    from .he import ReleasePolicy, score_encrypted
+    from .store import SketchStore
+
+    _need(store / "manifest.json", "store manifest", "run `tip sketch` first; an interrupted run resumes")
+    _need(query_file, "query file", "the buyer's `tip query` writes it")
+    _need(context, "public context", "the buyer's `tip keygen` writes public_context.tip")
+    policy = ReleasePolicy(
+        min_examples=min_examples,
+        allow_example_release=allow_example_release,
+        noise_multiplier=noise_multiplier,
+        clip_norm=clip_norm,
+        max_queries=max_queries,
+        ledger=None if ledger is None else str(ledger),
+    )
+    result = score_encrypted(query_file, SketchStore(store), context, release.value, policy, workers=workers)
+    result.save(out)
+    typer.echo(f"encrypted scores written to {out} (commitment root {result.header['commitment']['root'][:16]}...)")
+
+
+# ---------------------------------------------------------------------------------------
+# both
+# ---------------------------------------------------------------------------------------
+@app.command()
+@_friendly("report")
+def report(
+    inputs: Annotated[list[Path], typer.Argument(help="Bundle dirs, store dirs, values.json, results.json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("tip_report"),
+) -> None:
+    """Markdown tables and PNG plots from any step's outputs."""
+    from .report import render_report
+
+    for path in inputs:
+        _need(path, "input", "pass a bundle dir, store dir, values.json or results.json")
+    written = render_report(inputs, out)
+    typer.echo("\n".join(str(p) for p in written))
+
+
+@app.command()
+@_friendly("demo")
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where buyer/, seller/, exchange/ and the report go.")
+    ] = Path("tip_demo"),
+    quick: Annotated[bool, typer.Option(help="Smaller data (about a minute).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for data splits and training.")] = 0,
+) -> None:
+    """The whole marketplace on real offline data: fine-tune, value 8 corpora under CKKS, check by retraining."""
+    from .demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out_dir=str(out), quick=quick, seed=seed))
+    typer.echo("\nrank  corpus                      value/example   realized drop  realized rank")
+    for r in result.rows:
+        typer.echo(
+            f"{r['rank']:>4}  {r['corpus']:<28}{r['value_mean']:>13.4g}{r['realized_eval_loss_drop']:>16.4g}"
+            f"{r['realized_rank']:>15}"
+        )
+    typer.echo(f"\nrank agreement with realized eval-loss drops: Spearman {result.spearman:.3f}")
+    typer.echo(f"report: {out / 'report.md'}, figure: {out / 'valuation.png'}; total {result.seconds['total']:.0f} s")
+
+
+def main() -> None:  # console-script entry point
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        typer.echo("interrupted; `tip sketch` resumes where it stopped", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

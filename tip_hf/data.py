@@ -1,0 +1,155 @@
+"""Load a seller's (or buyer's) examples from the Hub or from local files, one way for both.
+
+``load_corpus(source)`` accepts:
+
+* a Hub dataset name (``"imdb"``, ``"user/corpus"``), through ``datasets.load_dataset``
+  (``streaming=True`` for corpora larger than memory);
+* a directory written by ``Dataset.save_to_disk``;
+* parquet / json / jsonl / csv files (one file, a glob, or a directory of them);
+* a directory of ``.txt`` files: each file is one corpus (named after the file), each
+  blank-line-separated paragraph one example (column ``text``, corpus column ``corpus``).
+
+Offline with nothing cached gives :class:`DataSourceError` naming the fix, not a traceback.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from .dataset import _columns, _Examples
+from .errors import TIPError
+from .spec import ValuationSpec
+
+__all__ = ["DataSourceError", "TXT_CORPUS_COLUMN", "load_corpus", "example_ids_by_corpus"]
+
+TXT_CORPUS_COLUMN = "corpus"
+_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+class DataSourceError(TIPError, FileNotFoundError):
+    """The dataset could not be found or loaded (bad path, Hub unreachable, empty)."""
+
+
+def load_corpus(
+    source: str | os.PathLike[str],
+    *,
+    config: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
+) -> Any:
+    """A ``datasets.Dataset`` (or ``IterableDataset`` when streaming) from a Hub name or a
+    local path; see the module docstring for the accepted forms."""
+    import datasets
+
+    path = Path(source)
+    saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+    if path.is_dir() and any((path / name).is_file() for name in saved):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataSourceError(f"'{path}' has splits {sorted(loaded)}, not {split!r}: pass --split.")
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else _non_empty(loaded, source)
+    if path.is_dir() and sorted(path.glob("*.txt")):
+        return _non_empty(_txt_folder(path), source)
+    files = _data_files(source)
+    if files:
+        builders = {_FILE_BUILDERS[Path(f).suffix.lower()] for f in files}
+        if len(builders) > 1:
+            raise DataSourceError(f"'{source}' mixes file types {sorted(builders)}; point at one type.")
+        builder = builders.pop()
+        try:
+            loaded = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming)
+        except ValueError as err:  # e.g. 'Instruction "train" corresponds to no data!' for a header-only csv
+            if "no data" in str(err):
+                raise DataSourceError(f"The dataset '{source}' is empty: nothing to value.") from None
+            raise DataSourceError(f"Could not read '{source}' as {builder}: {err}") from None
+        return loaded if streaming else _non_empty(loaded, source)
+    if path.exists() or str(source).startswith((".", "/", "~")) or os.sep + os.sep in str(source):
+        raise DataSourceError(
+            f"'{source}' is not a dataset: expected a save_to_disk directory, parquet/json/jsonl/csv "
+            "files, or a folder of .txt files (one corpus per file)."
+        )
+    return _from_hub(str(source), config, split, streaming)
+
+
+def _data_files(source: str | os.PathLike[str]) -> list[str]:
+    path = Path(source)
+    if path.is_dir():
+        candidates = [str(p) for p in sorted(path.iterdir())]
+    elif any(ch in str(source) for ch in "*?["):
+        candidates = sorted(glob.glob(str(source)))
+    elif path.is_file():
+        candidates = [str(path)]
+    else:
+        return []
+    files = [f for f in candidates if Path(f).suffix.lower() in _FILE_BUILDERS]
+    if path.is_file() and not files:
+        raise DataSourceError(f"'{source}': unsupported file type; use parquet, json, jsonl, csv or .txt in a folder.")
+    return files
+
+
+def _txt_folder(path: Path) -> Any:
+    import datasets
+
+    rows: dict[str, list[str]] = {"text": [], TXT_CORPUS_COLUMN: []}
+    for file in sorted(path.glob("*.txt")):
+        text = file.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        for paragraph in text.split("\n\n"):
+            paragraph = " ".join(paragraph.split())
+            if paragraph:
+                rows["text"].append(paragraph)
+                rows[TXT_CORPUS_COLUMN].append(file.stem)
+    return datasets.Dataset.from_dict(rows)
+
+
+def _from_hub(name: str, config: str | None, split: str, streaming: bool) -> Any:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as err:  # datasets raises many types for "not reachable / not cached"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else type(err).__name__
+        raise DataSourceError(
+            f"Could not load dataset {name!r} (config={config!r}, split={split!r}) from the Hugging Face Hub: "
+            f"{why}: {str(err).splitlines()[0] if str(err) else ''} -- download it once with network access "
+            "(it is then cached), or pass a local path (save_to_disk dir, parquet/json/csv, folder of .txt)."
+        ) from err
+    return loaded if streaming else _non_empty(loaded, name)
+
+
+def _non_empty(dataset: Any, source: object) -> Any:
+    if len(dataset) == 0:
+        raise DataSourceError(f"The dataset '{source}' is empty: nothing to value.")
+    return dataset
+
+
+def example_ids_by_corpus(
+    dataset: Any,
+    spec: ValuationSpec,
+    *,
+    tokenizer: Any = None,
+    text_column: str = "text",
+    label_column: str | None = None,
+    corpus_column: str | None = None,
+    corpus: str | None = None,
+    max_length: int | None = None,
+    batch_size: int = 256,
+) -> dict[str, list[bytes]]:
+    """Example ids (:func:`tip_hf.dataset.example_id`) per corpus, in dataset order, made
+    exactly as :func:`sketch_dataset` makes them: what a buyer checks a delivery against the
+    seller's commitment with (:func:`tip_hf.he.verify_commitment`). Needs no model."""
+    from .dataset import _chunks
+
+    examples = _Examples(
+        spec, _columns(dataset), tokenizer, text_column, label_column, corpus_column, corpus, max_length, None
+    )
+    out: dict[str, list[bytes]] = {}
+    for lo, chunk in _chunks(dataset, 0, batch_size):
+        for row in examples.rows(chunk, lo):
+            out.setdefault(str(row["corpus"]), []).append(bytes(row["id"]))
+    return out

@@ -1,0 +1,169 @@
+"""Markdown tables and PNG figures from any step's outputs (``tip report``) and for the demo.
+
+Reads what the protocol writes: a buyer bundle (``summary.json``), a seller store
+(manifest), revealed values (``values.json`` from ``tip reveal``) or a demo's
+``results.json``. Figures use matplotlib's non-interactive Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_demo_report", "render_report", "markdown_table"]
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    columns = columns or list(rows[0]) if rows else []
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _value_bars(ax: Any, names: list[str], values: list[float], title: str, xlabel: str) -> None:
+    colors = ["#2b8a3e" if v > 0 else "#c92a2a" for v in values]
+    y = range(len(names))[::-1]
+    ax.barh(list(y), values, color=colors)
+    ax.set_yticks(list(y), names)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+
+
+def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, Any]) -> Path:
+    """``valuation.png`` (value per corpus; predicted vs realized) and ``report.md``."""
+    plt = _pyplot()
+    rows = result.rows
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.1, 1]})
+    _value_bars(
+        left,
+        [r["corpus"] for r in rows],
+        [r["value_mean"] for r in rows],
+        "Encrypted valuation (decrypted by the buyer)",
+        "value per example = predicted drop of the buyer's eval loss",
+    )
+    values = [r["value_mean"] for r in rows]
+    drops = [r["realized_eval_loss_drop"] for r in rows]
+    right.scatter(values, drops, color="#1864ab")
+    for r in rows:
+        right.annotate(
+            r["corpus"],
+            (r["value_mean"], r["realized_eval_loss_drop"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    right.axhline(0, color="grey", linewidth=0.6)
+    right.axvline(0, color="grey", linewidth=0.6)
+    right.set_xlabel("predicted value (TIP, encrypted)")
+    right.set_ylabel("realized eval-loss drop after fine-tuning on the corpus")
+    right.set_title(f"Predicted vs realized: Spearman {result.spearman:.2f}, Pearson {result.pearson:.2f}")
+    fig.tight_layout()
+    figure = out / "valuation.png"
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
+
+    table = [
+        {
+            "rank": r["rank"],
+            "corpus": r["corpus"],
+            "examples": r["count"],
+            "value / example (encrypted)": r["value_mean"],
+            "plaintext": r["plaintext_mean"],
+            "realized eval-loss drop": r["realized_eval_loss_drop"],
+            "realized rank": r["realized_rank"],
+        }
+        for r in rows
+    ]
+    max_err = max(abs(r["value_mean"] - r["plaintext_mean"]) for r in rows)
+    timing = markdown_table([{"step": k, "seconds": v} for k, v in result.seconds.items()])
+    text = f"""# tip demo report
+
+Buyer: all-MiniLM-L6-v2 (BERT, pretrained) fine-tuned on real movie-review sentiment with
+`transformers.Trainer` + `TIPCallback` (targets {summary.get("proj_dim")}-dim sketches of
+layer 5's dense modules and the classifier; preconditioner `{summary.get("preconditioner")}`,
+lambda {summary.get("damping_lambda", float("nan")):.3g}, F from {summary.get("n_examples")} training examples,
+eval loss {result.eval_loss_before:.4f} on {summary.get("n_eval_examples")} held-out sentences).
+Seller: {len(rows)} corpora, scored under the buyer's CKKS key (release policy: aggregates of
+>= 10 examples, no per-example values). Realized: the buyer's model fine-tuned on each
+corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, all weights), eval-loss drop
+measured and averaged over {config.realized_repeats} training seeds.
+
+**Rank agreement, predicted vs realized: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}.**
+Encrypted vs plaintext: max |difference| {max_err:.2e}.
+
+{markdown_table(table)}
+
+![valuation](valuation.png)
+
+## Time
+
+{timing}
+"""
+    report = out / "report.md"
+    report.write_text(text)
+    return report
+
+
+def render_report(inputs: list[Path], out: Path) -> list[Path]:
+    """One markdown report (plus figures) summarising whatever protocol outputs are given."""
+    out.mkdir(parents=True, exist_ok=True)
+    sections, written = ["# tip report", ""], []
+    for path in inputs:
+        path = Path(path)
+        if (path / "summary.json").is_file() and (path / "spec.json").is_file():
+            summary = json.loads((path / "summary.json").read_text())
+            sections += [f"## Buyer bundle `{path.name}`", "", markdown_table([summary]), ""]
+        elif (path / "manifest.json").is_file():
+            from .store import SketchStore
+
+            store = SketchStore(path)
+            labels = store.corpus_labels()
+            counts = [{"corpus": c, "examples": labels.count(c)} for c in store.corpora]
+            sections += [f"## Seller store `{path.name}` (k = {store.proj_dim}, {len(store)} examples)", ""]
+            sections += [markdown_table(counts), ""]
+        elif path.suffix == ".json" and path.is_file():
+            data = json.loads(path.read_text())
+            if "rows" in data and data["rows"] and "value_mean" in data["rows"][0]:  # a demo's results.json
+                sections += [f"## Demo results `{path}`", "", f"Spearman {data['spearman']:.3f}", ""]
+                sections += [markdown_table(data["rows"]), ""]
+                rows = data["rows"]
+            elif "rows" in data:  # values.json from `tip reveal`
+                rows = [r for r in data["rows"] if r.get("released", True)]
+                sections += [f"## Revealed values `{path.name}`", "", markdown_table(data["rows"]), ""]
+            else:
+                raise ValueError(f"'{path}': not a file tip report knows (values.json or results.json).")
+            if rows:
+                plt = _pyplot()
+                fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+                key = "value_mean" if "value_mean" in rows[0] else "mean"
+                _value_bars(ax, [r["corpus"] for r in rows], [r[key] for r in rows], path.stem, "value per example")
+                fig.tight_layout()
+                figure = out / f"{path.stem}-values.png"
+                fig.savefig(figure, dpi=120)
+                plt.close(fig)
+                written.append(figure)
+                sections += [f"![values]({figure.name})", ""]
+        else:
+            raise FileNotFoundError(
+                f"'{path}': not a bundle dir, store dir, values.json or results.json -- nothing to report."
+            )
+    report = out / "report.md"
+    report.write_text("\n".join(sections))
+    return [report, *written]
