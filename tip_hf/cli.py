@@ -42,8 +42,20 @@ class Release(str, Enum):
     example = "example"
 
 
+# the library's advice, in this command line's words
+_CLI_WORDS = (
+    ("pass overwrite=True", "pass --overwrite"),
+    ("Pass max_length=", "Pass --max-length "),
+    ("Pass text_column=...", "Pass --text-column"),
+    ("Pass label_column=....", "Pass --label-column."),
+    ("pass tokenizer=AutoTokenizer.from_pretrained(...)", "save the tokenizer in the model directory"),
+)
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    for library, cli in _CLI_WORDS:
+        text = text.replace(library, cli)
     if isinstance(err, KeyError) and text.startswith(("'", '"')) and text.endswith(("'", '"')):
         text = text[1:-1]
     return f"{type(err).__name__}: {text}" if not text.startswith(type(err).__name__) else text

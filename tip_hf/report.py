@@ -84,6 +84,7 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
             "rank": r["rank"],
             "corpus": r["corpus"],
             "examples": r["count"],
+            "distinct": r.get("distinct", r["count"]),
             "value / example (encrypted)": r["value_mean"],
             "plaintext": r["plaintext_mean"],
             "realized eval-loss drop": r["realized_eval_loss_drop"],
@@ -95,13 +96,13 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
     timing = markdown_table([{"step": k, "seconds": v} for k, v in result.seconds.items()])
     text = f"""# tip demo report
 
-Buyer: all-MiniLM-L6-v2 (BERT, pretrained) fine-tuned on real movie-review sentiment with
-`transformers.Trainer` + `TIPCallback` (targets {summary.get("proj_dim")}-dim sketches of
-layer 5's dense modules and the classifier; preconditioner `{summary.get("preconditioner")}`,
-lambda {summary.get("damping_lambda", float("nan")):.3g}, F from {summary.get("n_examples")} training examples,
-eval loss {result.eval_loss_before:.4f} on {summary.get("n_eval_examples")} held-out sentences).
+Buyer: all-MiniLM-L6-v2 (BERT, pretrained) fine-tuned on {summary.get("n_examples")} real movie-review
+sentiment examples (sketches counted over all epochs) with `transformers.Trainer` + `TIPCallback`;
+k = {summary.get("proj_dim")} sketches of layer 5's dense modules and the classifier; preconditioner
+`{summary.get("preconditioner")}`, lambda {summary.get("damping_lambda", float("nan")):.3g}; eval loss
+{result.eval_loss_before:.4f} on {summary.get("n_eval_examples")} held-out sentences.
 Seller: {len(rows)} corpora, scored under the buyer's CKKS key (release policy: aggregates of
->= 10 examples, no per-example values). Realized: the buyer's model fine-tuned on each
+>= 10 distinct examples, no per-example values). Realized: the buyer's model fine-tuned on each
 corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, all weights), eval-loss drop
 measured and averaged over {config.realized_repeats} training seeds.
 
