@@ -106,3 +106,17 @@ def synthetic_store(path, sketches, corpora, spec=None, fingerprint: str = "f" *
     sketches = torch.as_tensor(sketches, dtype=torch.float32)
     spec = spec or ValuationSpec(targets=["synthetic"], proj_dim=sketches.shape[1])
     return SketchStore.from_arrays(path, sketches, list(corpora), spec, fingerprint, shard_size=shard_size)
+
+
+def accelerate_command(processes: int, *target: str) -> list[str]:
+    """`accelerate launch --multi_gpu --num_processes N ... target`: N real gloo processes on a
+    CPU machine (`--cpu` would silently run one)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    return [
+        accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", *target,
+    ]  # fmt: skip

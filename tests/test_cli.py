@@ -5,6 +5,7 @@ every mistake exits non-zero with one line naming the problem."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_bert, minilm_dir
+from conftest import accelerate_command, make_bert, minilm_dir
 from datasets import Dataset
 from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -333,4 +334,38 @@ def test_sketch_resumes_and_is_deterministic(market, tmp_path):
     tip(*args, "-o", tmp_path / "again", cwd=tmp_path)
     a, b = SketchStore(seller / "store"), SketchStore(tmp_path / "again")
     assert a.ids() == b.ids()
+    torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_sketch_under_accelerate_launch_equals_one_process(market, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m tip_hf.cli sketch` (two gloo ranks)."""
+    seller = market["seller"]
+    out = subprocess.run(
+        accelerate_command(
+            2,
+            "-m",
+            "tip_hf.cli",
+            "sketch",
+            "--model",
+            str(seller / "model"),
+            "--spec",
+            str(seller / "spec.json"),
+            "--dataset",
+            str(seller / "corpora.jsonl"),
+            "--corpus-column",
+            "corpus",
+            "--shard-size",
+            "16",
+            "-o",
+            str(tmp_path / "store"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("written to") == 1  # printed by the main process only
+    a, b = SketchStore(seller / "store"), SketchStore(tmp_path / "store")
+    assert a.ids() == b.ids() and a.corpus_labels() == b.corpus_labels() and len(b.manifest["shards"]) == 4
     torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)

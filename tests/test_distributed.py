@@ -1,16 +1,17 @@
 """`accelerate launch --multi_gpu --num_processes 2` (two gloo processes on a CPU machine; note
-that `--cpu` would silently run one) gives the same buyer bundle as one process."""
+that `--cpu` would silently run one) gives what one process gives: the buyer bundle, the
+sketch store (map-style and streaming, and after a killed rank is resumed), encrypted scores."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import accelerate_command
 
 from tip_hf.bundle import load_bundle
 
@@ -20,7 +21,6 @@ SCRIPT = TESTS / "scripts" / "train_with_callback.py"
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_bundle(tmp_path):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path / "one")],
@@ -32,21 +32,7 @@ def test_two_processes_give_the_one_process_bundle(tmp_path):
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [
-            accelerate,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(SCRIPT),
-            str(tmp_path / "two"),
-        ],
+        accelerate_command(2, str(SCRIPT), str(tmp_path / "two")),
         capture_output=True,
         text=True,
         env=env,
@@ -59,3 +45,104 @@ def test_two_processes_give_the_one_process_bundle(tmp_path):
     assert a.fingerprint == b.fingerprint and a.summary["n_examples"] == b.summary["n_examples"] == 32
     torch.testing.assert_close(b.curvature, a.curvature, rtol=0, atol=1e-5)
     torch.testing.assert_close(b.query, a.query, rtol=0, atol=1e-5)
+
+
+SKETCH = TESTS / "scripts" / "sketch_distributed.py"
+
+
+def launch(processes: int, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch --multi_gpu --num_processes N` (gloo on a CPU machine), or plain python for 1."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    if processes == 1:
+        command = [sys.executable, str(SKETCH), *args]
+    else:
+        command = accelerate_command(processes, str(SKETCH), *args)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=TESTS, timeout=600)
+
+
+def same_store(a, b) -> None:
+    assert b.complete and a.ids() == b.ids()  # same examples, same order: none lost, none repeated
+    assert a.corpus_labels() == b.corpus_labels() and a.corpora == b.corpora
+    torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)
+    b.verify()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
+def test_two_processes_sketch_the_one_process_store(tmp_path, streaming):
+    from tip_hf import SketchStore
+
+    flag = ["--streaming"] if streaming else []
+    one = launch(1, str(tmp_path / "one"), *flag)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(2, str(tmp_path / "two"), *flag)
+    assert two.returncode == 0, two.stderr[-3000:]
+    # both ranks ran, each sketched only its own shards (7 shards of 8 rows: 4 + 3)
+    assert sorted(line.split()[2] for line in two.stdout.splitlines() if "world=2" in line) == [
+        "sketched_shards=3",
+        "sketched_shards=4",
+    ]
+    same_store(SketchStore(tmp_path / "one"), SketchStore(tmp_path / "two"))
+    assert not list((tmp_path / "two").glob(".rank-*"))  # per-rank records merged away
+
+
+@pytest.mark.slow
+def test_killed_rank_then_resume_redoes_only_missing_shards(tmp_path):
+    import json
+
+    from tip_hf import SketchStore
+
+    one = launch(1, str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    crashed = launch(2, str(tmp_path / "two"), env_extra={"TIP_TEST_CRASH_RANK": "1", "TIP_TEST_CRASH_AFTER": "1"})
+    assert crashed.returncode != 0, crashed.stdout  # rank 1 died after its first shard; the launcher stopped the job
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert not manifest["complete"]
+    done = sum(len(json.loads(p.read_text())["shards"]) for p in (tmp_path / "two").glob(".rank-*.json"))
+    assert 1 <= done < 7, done
+    resumed = launch(2, str(tmp_path / "two"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    redone = sum(int(line.split()[2].split("=")[1]) for line in resumed.stdout.splitlines() if "world=2" in line)
+    assert redone == 7 - done, (done, resumed.stdout, crashed.stderr[-2000:])  # only the missing shards
+    same_store(SketchStore(tmp_path / "one"), SketchStore(tmp_path / "two"))
+
+
+@pytest.mark.slow
+def test_two_processes_score_like_one(tmp_path):
+    """Per-example blocks spread over two ranks (block b on rank b mod 2), per-corpus on the
+    main one: the decrypted values equal the plaintext reference, as with one process."""
+    import numpy as np
+    from conftest import synthetic_store
+
+    from tip_hf import plaintext_values
+    from tip_hf.he import BuyerKeys, decrypt_scores, encrypt_query
+
+    rng = np.random.default_rng(0)
+    sketches = rng.normal(size=(9000, 64))  # 3 ciphertext blocks of 4096 slots
+    labels = [f"c{i % 5}" for i in range(9000)]
+    store = synthetic_store(tmp_path / "store", sketches, labels)
+    keys = BuyerKeys.generate()
+    keys.save(tmp_path / "keys")
+    q = rng.normal(size=64)
+    encrypt_query(q, keys, store.spec, fingerprint=store.fingerprint).save(tmp_path / "query.tip")
+    (tmp_path / "public_context.tip").write_bytes((tmp_path / "keys" / "public_context.tip").read_bytes())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        accelerate_command(2, str(TESTS / "scripts" / "score_distributed.py"), str(tmp_path)),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=TESTS,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("world=2 blocks=3") == 2
+    keys = BuyerKeys.load(tmp_path / "keys")
+    reference = plaintext_values(q, store)
+    scale = np.abs(reference.per_example).max()
+    per_example = decrypt_scores(tmp_path / "example.tip", keys)
+    np.testing.assert_allclose(per_example.values, reference.per_example, atol=1e-6 * scale)
+    assert per_example.corpus == labels
+    table = decrypt_scores(tmp_path / "corpus.tip", keys)
+    for row in reference.corpora:
+        assert table[row["corpus"]]["sum"] == pytest.approx(row["sum"], abs=1e-6 * scale * 9000)

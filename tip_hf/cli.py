@@ -86,6 +86,23 @@ def _need(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+def _device_and_main() -> tuple[Any, bool]:
+    """Join the process group when run under ``accelerate launch`` / ``torchrun``; this
+    process's device and whether it is the main process (the one that prints)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()  # initialises torch.distributed from the launcher's environment
+        from .distributed import rank_and_world
+
+        return state.device, rank_and_world()[0] == 0
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu"), True
+
+
 def _read_spec(path: Path) -> tuple[Any, str | None]:
     """A bundle's ``spec.json`` (spec + fingerprint) or a bare spec JSON."""
     from .spec import ValuationSpec
@@ -299,17 +316,19 @@ def sketch(
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an existing store.")] = False,
 ) -> None:
-    """Seller: sketch a dataset with the buyer's model and spec (nothing leaves this machine)."""
+    """Seller: sketch a dataset with the buyer's model and spec (nothing leaves this machine).
+    Under `accelerate launch [--num_machines M] -m tip_hf.cli sketch ...` each process sketches
+    its own shards; the result is identical to one process, and a killed run resumes."""
     import torch
 
     from .data import load_corpus
     from .dataset import sketch_dataset
     from .errors import SpecMismatchError
 
+    device, main = _device_and_main()
     valuation_spec, fingerprint = _read_spec(spec)
     net, tokenizer = _load_model(model, valuation_spec.task)
-    if torch.cuda.is_available():
-        net = net.cuda()
+    net = net.to(device)
     if fingerprint is not None and valuation_spec.fingerprint(net) != fingerprint:
         raise SpecMismatchError(
             f"The fingerprint of model {model!r}",
@@ -333,8 +352,10 @@ def sketch(
         max_length=max_length,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         overwrite=overwrite,
+        progress=main,
     )
-    typer.echo(f"{len(store)} sketches (k = {store.proj_dim}) in {len(store.corpora)} corpora written to {out}")
+    if main:
+        typer.echo(f"{len(store)} sketches (k = {store.proj_dim}) in {len(store.corpora)} corpora written to {out}")
 
 
 @app.command()
@@ -354,7 +375,8 @@ def score(
     workers: Annotated[int, typer.Option(help="Processes for per-example scoring.")] = 1,
 ) -> None:
     """Seller: score the store under the buyer's key. Default policy: aggregates of >= 10
-    examples, no per-example values."""
+    distinct examples, no per-example values. Under `accelerate launch -m tip_hf.cli score`,
+    per-example blocks are spread over the processes."""
     from .he import ReleasePolicy, score_encrypted
     from .store import SketchStore
 
@@ -369,7 +391,10 @@ def score(
         max_queries=max_queries,
         ledger=None if ledger is None else str(ledger),
     )
+    _, main = _device_and_main()
     result = score_encrypted(query_file, SketchStore(store), context, release.value, policy, workers=workers)
+    if not main:
+        return
     result.save(out)
     typer.echo(f"encrypted scores written to {out} (commitment root {result.header['commitment']['root'][:16]}...)")
 

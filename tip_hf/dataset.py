@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .distributed import RECORD_PREFIX, ShardPlan, barrier, merge_rank_records, rank_and_world
 from .errors import SpecMismatchError, TIPError
 from .loss import IGNORE_INDEX
 from .sketcher import GradientSketcher, _max_positions
@@ -277,6 +278,24 @@ def sketch_dataset(
         "proj_dim": spec.proj_dim,
         "source": source,
     }
+    rank, world = rank_and_world()
+    if world > 1:
+        return _sketch_distributed(
+            sketcher,
+            examples,
+            dataset,
+            spec,
+            path,
+            header,
+            total,
+            batch_size,
+            shard_size,
+            tokenizer,
+            overwrite,
+            progress,
+            rank,
+            world,
+        )
     if overwrite and path.exists():
         _remove_store(path)
     writer = _open_writer(path, header, examples, dataset)
@@ -306,6 +325,71 @@ def sketch_dataset(
     return SketchStore(path)
 
 
+def _sketch_distributed(
+    sketcher: GradientSketcher,
+    examples: _Examples,
+    dataset: Any,
+    spec: ValuationSpec,
+    path: Path,
+    header: dict[str, Any],
+    total: int | None,
+    batch_size: int,
+    shard_size: int,
+    tokenizer: Any,
+    overwrite: bool,
+    progress: bool,
+    rank: int,
+    world: int,
+) -> SketchStore:
+    """Rank ``r`` sketches shards ``j = r, r + world, ...``; the main process merges (see
+    :mod:`tip_hf.distributed`). Same ids, sketches and order as one process."""
+    if rank == 0:
+        if overwrite and path.exists():
+            _remove_store(path)
+        _open_writer(path, header, examples, dataset)  # creates, or checks settings and data
+    barrier()
+    manifest = SketchStore(path).manifest
+    if manifest["complete"]:
+        return SketchStore(path)
+    plan = ShardPlan(path, manifest, rank, world, shard_size)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = 0 if pad_id is None else int(pad_id)
+    map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+    if map_style:
+        chunks: Iterator[tuple[int, dict[str, list[Any]]]] = (
+            (j * shard_size, dataset[j * shard_size : (j + 1) * shard_size])
+            for j in plan.indices(total)
+            if plan.wanted(j)
+        )
+    else:  # a stream: every rank reads it all and sketches only its own shards
+        chunks = ((lo, chunk) for lo, chunk in _chunks(dataset, 0, shard_size) if plan.wanted(lo // shard_size))
+    rows_seen = 0
+    desc = f"sketching -> {path.name} (rank {rank}/{world})"
+    with tqdm(unit="ex", desc=desc, disable=not progress or rank != 0) as bar:
+        for lo, chunk in chunks:
+            rows = examples.rows(chunk, lo)
+            parts = []
+            for b in range(0, len(rows), batch_size):
+                parts.append(sketcher.sketch(_collate(rows[b : b + batch_size], pad_id, spec.task)).cpu())
+                bar.update(len(rows[b : b + batch_size]))
+            ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+            plan.write(lo // shard_size, torch.cat(parts), ids, [r["corpus"] for r in rows], header["fingerprint"])
+            rows_seen = max(rows_seen, lo + len(rows))
+    if total is None:  # a stream's length: the furthest row any rank saw
+        seen = torch.tensor([rows_seen], dtype=torch.int64)
+        if torch.distributed.get_backend() == "nccl":
+            seen = seen.cuda()
+        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+        total = int(seen.item())
+    barrier()
+    if rank == 0:
+        if total == 0:
+            raise ValueError("The dataset is empty: there is nothing to value.")
+        merge_rank_records(path, SketchStore(path).manifest, total)
+    barrier()
+    return SketchStore(path)
+
+
 def _default_dir(fingerprint: str, source: dict[str, Any], dataset: Any) -> Path:
     root = Path(os.environ.get("TIP_HF_CACHE", "~/.cache/tip_hf")).expanduser() / "stores"
     data = hashlib.sha256(repr((sorted(source.items()), getattr(dataset, "_fingerprint", None))).encode())
@@ -318,7 +402,7 @@ def _remove_store(path: Path) -> None:
             raise TIPError(f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.")
         return
     for child in path.iterdir():
-        if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
+        if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):
             child.unlink()
     if not any(path.iterdir()):
         shutil.rmtree(path)

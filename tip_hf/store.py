@@ -297,19 +297,16 @@ class StoreWriter:
 
     def append(self, sketches: torch.Tensor, ids: torch.Tensor, corpus: torch.Tensor) -> None:
         """Write one shard atomically, then record it in the manifest."""
-        index = len(self.manifest["shards"])
-        name = f"shard-{index:05d}.safetensors"
-        start = self.next_start
-        data = save_safetensors(
-            {
-                "sketches": sketches.detach().to("cpu", torch.float32).contiguous(),
-                "ids": ids.to(torch.uint8).contiguous(),
-                "corpus": corpus.to(torch.int32).contiguous(),
-            },
-            metadata={"start": str(start), "fingerprint": self.manifest["fingerprint"]},
+        entry = write_shard(
+            self.path,
+            len(self.manifest["shards"]),
+            self.next_start,
+            self.manifest["fingerprint"],
+            sketches,
+            ids,
+            corpus,
         )
-        _atomic_write(self.path / name, data)
-        self.manifest["shards"].append({"file": name, "start": start, "count": len(sketches), "sha256": _sha256(data)})
+        self.manifest["shards"].append(entry)
         self.manifest["num_examples"] = self.next_start
         self._save_manifest()
 
@@ -319,3 +316,34 @@ class StoreWriter:
 
     def _save_manifest(self) -> None:
         _atomic_write(self.path / MANIFEST, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_shard(
+    path: Path,
+    index: int,
+    start: int,
+    fingerprint: str,
+    sketches: torch.Tensor,
+    ids: torch.Tensor,
+    corpus: torch.Tensor,
+) -> dict[str, Any]:
+    """Write ``shard-<index>.safetensors`` atomically; return its manifest entry."""
+    name = f"shard-{index:05d}.safetensors"
+    data = save_safetensors(
+        {
+            "sketches": sketches.detach().to("cpu", torch.float32).contiguous(),
+            "ids": ids.to(torch.uint8).contiguous(),
+            "corpus": corpus.to(torch.int32).contiguous(),
+        },
+        metadata={"start": str(start), "fingerprint": fingerprint},
+    )
+    _atomic_write(path / name, data)
+    return {"file": name, "start": start, "count": len(sketches), "sha256": _sha256(data)}
+
+
+def read_shard_tensors(path: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The raw tensors of one shard, checksum verified."""
+    data = (path / entry["file"]).read_bytes()
+    if _sha256(data) != entry["sha256"]:
+        raise StoreCorruptedError(f"Shard '{path / entry['file']}' does not match its checksum; re-sketch it.")
+    return load_safetensors(data)

@@ -41,6 +41,7 @@ import tenseal.sealapi as seal
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import rank_and_world
 from ..errors import SpecMismatchError, TIPError
 from ..spec import ValuationSpec
 from ..store import SketchStore
@@ -292,6 +293,23 @@ def _clip(sketches: torch.Tensor, clip: float | None) -> torch.Tensor:
 def _check_budget(policy: ReleasePolicy, context_hash: str) -> None:
     if policy.ledger is None:
         return
+    rank, world = rank_and_world()
+    if world > 1:  # one query is one query, however many processes answer it: rank 0 counts
+        verdict: list[object] = [None]
+        if rank == 0:
+            try:
+                _count_query(policy, context_hash)
+            except PolicyError as err:
+                verdict = [str(err)]
+        torch.distributed.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None:
+            raise PolicyError(str(verdict[0]))
+        return
+    _count_query(policy, context_hash)
+
+
+def _count_query(policy: ReleasePolicy, context_hash: str) -> None:
+    assert policy.ledger is not None
     path = Path(policy.ledger)
     counts = json.loads(path.read_text()) if path.is_file() else {}
     used = int(counts.get(context_hash, 0))
@@ -380,7 +398,16 @@ def score_encrypted(
         "policy": asdict(policy),
     }
     if release == "corpus":
-        blobs = _score_corpora(scorer, store, policy, header, progress)
+        rank, world = rank_and_world()
+        if world > 1:  # one plaintext pass and k/2 products: the main process does it, all get it
+            payload: list[object] = [None]
+            if rank == 0:
+                blobs = _score_corpora(scorer, store, policy, header, progress)
+                payload = [(header, blobs)]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            header, blobs = payload[0]  # type: ignore[misc]
+        else:
+            blobs = _score_corpora(scorer, store, policy, header, progress)
     else:
         blobs = _score_examples(scorer, store, policy, header, progress, workers, (query, public))
     return Message(RESULT_KIND, header, blobs)
@@ -489,7 +516,17 @@ def _score_examples(
             yield rows / 2.0**exponent, len(ids)
 
     blobs: list[bytes] = []
-    if workers <= 1 or material is None:
+    rank, world = rank_and_world()
+    if world > 1:  # under accelerate launch / torchrun: block b is encrypted by rank b mod world
+        mine = []
+        for index, (rows, count) in enumerate(jobs()):
+            if index % world == rank:
+                mine.append((index, scorer.encrypt_block(rows, None)))
+            bar.update(count)
+        gathered: list[list[tuple[int, bytes]] | None] = [None] * world
+        torch.distributed.all_gather_object(gathered, mine)
+        blobs = [blob for _, blob in sorted(pair for part in gathered for pair in (part or []))]
+    elif workers <= 1 or material is None:
         for rows, count in jobs():
             blobs.append(scorer.encrypt_block(rows, None))
             bar.update(count)
