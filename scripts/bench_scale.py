@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -125,7 +126,7 @@ def run(task: str, n: int, work: Path, processes: int) -> dict[str, float]:
     wall = time.perf_counter() - begin
     if out.returncode != 0:
         raise SystemExit(f"{task} N={n} x{processes} failed:\n{out.stderr[-3000:]}")
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(m) for m in re.findall(r'\{"rank".*?\}', out.stdout)]  # ranks may share a line
     return {"work_s": max(r["seconds"] for r in lines), "wall_s": wall, "peak_mb": max(r["peak_mb"] for r in lines)}
 
 
