@@ -50,6 +50,12 @@ def test_bad_sources_are_clear(tmp_path):
     (tmp_path / "empty.csv").write_text("text,label\n")
     with pytest.raises(DataSourceError, match="empty"):
         load_corpus(tmp_path / "empty.csv")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataSourceError, match="empty"):
+        load_corpus(tmp_path / "empty.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{oops\n')
+    with pytest.raises(DataSourceError, match="Could not read"):
+        load_corpus(tmp_path / "broken.jsonl")
     (tmp_path / "notes.docx").write_text("x")
     with pytest.raises(DataSourceError, match="unsupported file type"):
         load_corpus(tmp_path / "notes.docx")

@@ -61,12 +61,15 @@ def load_corpus(
         if len(builders) > 1:
             raise DataSourceError(f"'{source}' mixes file types {sorted(builders)}; point at one type.")
         builder = builders.pop()
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise DataSourceError(f"The dataset '{source}' is empty: nothing to value.")
         try:
             loaded = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming)
-        except ValueError as err:  # e.g. 'Instruction "train" corresponds to no data!' for a header-only csv
-            if "no data" in str(err):
+        except Exception as err:  # the builders raise ValueError, StopIteration, ArrowInvalid, ...
+            if "no data" in str(err):  # 'Instruction "train" corresponds to no data!' (header-only csv)
                 raise DataSourceError(f"The dataset '{source}' is empty: nothing to value.") from None
-            raise DataSourceError(f"Could not read '{source}' as {builder}: {err}") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataSourceError(f"Could not read '{source}' as {builder}: {reason}") from None
         return loaded if streaming else _non_empty(loaded, source)
     if path.exists() or str(source).startswith((".", "/", "~")) or os.sep + os.sep in str(source):
         raise DataSourceError(
