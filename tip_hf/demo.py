@@ -41,6 +41,7 @@ class DemoConfig:
     seed: int = 0
     proj_dim: int = 1024
     preconditioner: str = "fisher"
+    targets: tuple[str, ...] = tuple(TARGETS)
     per_corpus: int | None = None  # default 96 (quick: 48)
     n_train: int | None = None  # buyer's training set, default 256 (quick: 128)
     n_eval: int | None = None  # buyer's eval set, default 192 (quick: 96)
@@ -117,11 +118,11 @@ def _tokenised(rows: list[Snippet], tokenizer: Any, max_length: int) -> Any:
     )
 
 
-def _freeze_all_but_targets(model: torch.nn.Module) -> None:
+def _freeze_all_but_targets(model: torch.nn.Module, targets: list[str] = TARGETS) -> None:
     """Train what is valued: the target modules' weights (and nothing else)."""
     from .targets import resolve_targets
 
-    names = {t.name for t, _ in resolve_targets(model, TARGETS)}
+    names = {t.name for t, _ in resolve_targets(model, targets)}
     for name, param in model.named_parameters():
         param.requires_grad_(name.rsplit(".", 1)[0] in names and name.endswith("weight"))
 
@@ -231,9 +232,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     if config.buyer_trains == "targets":
-        _freeze_all_but_targets(model)
+        _freeze_all_but_targets(model, list(config.targets))
     spec = ValuationSpec(
-        targets=TARGETS,
+        targets=list(config.targets),
         proj_dim=config.proj_dim,
         seed=config.seed,
         task="sequence_classification",
@@ -315,7 +316,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for name, repeat in tqdm(jobs, desc="realized fine-tuning", disable=not config.progress):
         candidate = copy.deepcopy(model)
         if config.realized_trains == "targets":
-            _freeze_all_but_targets(candidate)
+            _freeze_all_but_targets(candidate, list(config.targets))
         _trainer(
             candidate,
             tokenizer,

@@ -98,7 +98,7 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
 
 Buyer: all-MiniLM-L6-v2 (BERT, pretrained) fine-tuned on {summary.get("n_examples")} real movie-review
 sentiment examples (sketches counted over all epochs) with `transformers.Trainer` + `TIPCallback`;
-k = {summary.get("proj_dim")} sketches of layer 5's dense modules and the classifier; preconditioner
+k = {summary.get("proj_dim")} sketches of `{", ".join(config.targets)}`; preconditioner
 `{summary.get("preconditioner")}`, lambda {summary.get("damping_lambda", float("nan")):.3g}; eval loss
 {result.eval_loss_before:.4f} on {summary.get("n_eval_examples")} held-out sentences.
 Seller: {len(rows)} corpora, scored under the buyer's CKKS key (release policy: aggregates of
