@@ -8,4 +8,5 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_sketcher_behaviour.py
 "$PY" scripts/gpu_check.py ${OUT:+--json "$OUT/gpu_check.json"}
+"$PY" scripts/gpu_callback_check.py
 "$PY" scripts/bench_sketch.py --gpt2-small --device cuda --skip-slow-baselines --rounds 1 --batches 3
