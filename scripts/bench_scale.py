@@ -17,6 +17,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,9 @@ def run(task: str, n: int, work: Path, processes: int) -> dict[str, float]:
         command = [sys.executable, *script]
     else:
         accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+        with socket.socket() as probe:  # a free port: the previous launch may still hold the default
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
         command = [
             accelerate,
             "launch",
@@ -119,6 +123,8 @@ def run(task: str, n: int, work: Path, processes: int) -> dict[str, float]:
             "no",
             "--dynamo_backend",
             "no",
+            "--main_process_port",
+            port,
             *script,
         ]
     begin = time.perf_counter()

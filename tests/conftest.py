@@ -112,11 +112,15 @@ def accelerate_command(processes: int, *target: str) -> list[str]:
     """`accelerate launch --multi_gpu --num_processes N ... target`: N real gloo processes on a
     CPU machine (`--cpu` would silently run one)."""
     import shutil
+    import socket
     import sys
     from pathlib import Path
 
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    with socket.socket() as probe:  # a free port: a launch still shutting down may hold the default 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     return [
         accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", *target,
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *target,
     ]  # fmt: skip
