@@ -41,6 +41,15 @@ def error_line(out: subprocess.CompletedProcess[str], command: str) -> str:
     return lines[0]
 
 
+def seller_sketch(market, dataset: object, *extra: object, cwd: Path, spec: Path | None = None, check: bool = False):
+    """`tip sketch` with the seller's model and (by default) the buyer's spec."""
+    seller = market["seller"]
+    return tip(
+        "sketch", "--model", seller / "model", "--spec", spec or seller / "spec.json", "--dataset", dataset, *extra,
+        cwd=cwd, check=check,
+    )  # fmt: skip
+
+
 def sentences(n: int, seed: int, corpus: str | None = None, flip: bool = False) -> list[dict]:
     gen = np.random.default_rng(seed)
     rows = []
@@ -226,18 +235,8 @@ def test_bundle_from_another_spec_or_model(market, tmp_path):
     spec = json.loads((seller / "spec.json").read_text())
     spec["spec"]["seed"] = 7  # another spec: the fingerprint no longer matches the model
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    out = tip(
-        "sketch",
-        "--model",
-        str(seller / "model"),
-        "--spec",
-        tmp_path / "spec.json",
-        "--dataset",
-        str(seller / "corpora.jsonl"),
-        "-o",
-        tmp_path / "store",
-        cwd=tmp_path,
-        check=False,
+    out = seller_sketch(
+        market, seller / "corpora.jsonl", "-o", tmp_path / "store", cwd=tmp_path, spec=tmp_path / "spec.json"
     )
     line = error_line(out, "sketch")
     assert "fingerprint" in line and "differs" in line
@@ -258,37 +257,13 @@ def test_truncated_message(market, tmp_path):
 
 def test_empty_corpus(market, tmp_path):
     (tmp_path / "empty.csv").write_text("text,label,corpus\n")
-    out = tip(
-        "sketch",
-        "--model",
-        market["seller"] / "model",
-        "--spec",
-        market["seller"] / "spec.json",
-        "--dataset",
-        "empty.csv",
-        "-o",
-        "store",
-        cwd=tmp_path,
-        check=False,
-    )
+    out = seller_sketch(market, "empty.csv", "-o", "store", cwd=tmp_path)
     assert "empty" in error_line(out, "sketch")
 
 
 def test_unknown_column(market, tmp_path):
-    out = tip(
-        "sketch",
-        "--model",
-        market["seller"] / "model",
-        "--spec",
-        market["seller"] / "spec.json",
-        "--dataset",
-        market["seller"] / "corpora.jsonl",
-        "--text-column",
-        "body",
-        "-o",
-        "store",
-        cwd=tmp_path,
-        check=False,
+    out = seller_sketch(
+        market, market["seller"] / "corpora.jsonl", "--text-column", "body", "-o", "store", cwd=tmp_path
     )
     line = error_line(out, "sketch")
     assert "body" in line and "column" in line
@@ -296,42 +271,16 @@ def test_unknown_column(market, tmp_path):
 
 
 def test_offline_hub_dataset_is_a_clear_message(market, tmp_path):
-    out = tip(
-        "sketch",
-        "--model",
-        market["seller"] / "model",
-        "--spec",
-        market["seller"] / "spec.json",
-        "--dataset",
-        "someone/not-cached-corpus",
-        "-o",
-        "store",
-        cwd=tmp_path,
-        check=False,
-    )
+    out = seller_sketch(market, "someone/not-cached-corpus", "-o", "store", cwd=tmp_path)
     line = error_line(out, "sketch")
     assert "someone/not-cached-corpus" in line and "local path" in line
 
 
 def test_sketch_resumes_and_is_deterministic(market, tmp_path):
-    """Re-running `tip sketch` into a finished store reuses it; a fresh store is identical."""
+    """`tip sketch` with other batch and shard sizes gives the identical store."""
     seller = market["seller"]
-    args = [
-        "sketch",
-        "--model",
-        seller / "model",
-        "--spec",
-        seller / "spec.json",
-        "--dataset",
-        seller / "corpora.jsonl",
-        "--corpus-column",
-        "corpus",
-        "--batch-size",
-        "5",
-        "--shard-size",
-        "16",
-    ]
-    tip(*args, "-o", tmp_path / "again", cwd=tmp_path)
+    extra = ["--corpus-column", "corpus", "--batch-size", "5", "--shard-size", "16", "-o", tmp_path / "again"]
+    seller_sketch(market, seller / "corpora.jsonl", *extra, cwd=tmp_path, check=True)
     a, b = SketchStore(seller / "store"), SketchStore(tmp_path / "again")
     assert a.ids() == b.ids()
     torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)

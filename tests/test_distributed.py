@@ -17,47 +17,33 @@ from tip_hf.bundle import load_bundle
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = TESTS / "scripts" / "train_with_callback.py"
+SKETCH = TESTS / "scripts" / "sketch_distributed.py"
+SCORE = TESTS / "scripts" / "score_distributed.py"
+
+
+def launch(
+    processes: int, script: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch --multi_gpu --num_processes N script` (gloo on a CPU machine), or
+    plain python for 1."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    command = (
+        [sys.executable, str(script), *args] if processes == 1 else accelerate_command(processes, str(script), *args)
+    )
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=TESTS, timeout=600)
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_bundle(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=TESTS,
-        timeout=600,
-    )
+    one = launch(1, SCRIPT, str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        accelerate_command(2, str(SCRIPT), str(tmp_path / "two")),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=TESTS,
-        timeout=600,
-    )
+    two = launch(2, SCRIPT, str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("world=2 examples=32") == 2  # really two processes, F summed over both
     a, b = load_bundle(tmp_path / "one" / "bundle"), load_bundle(tmp_path / "two" / "bundle")
     assert a.fingerprint == b.fingerprint and a.summary["n_examples"] == b.summary["n_examples"] == 32
     torch.testing.assert_close(b.curvature, a.curvature, rtol=0, atol=1e-5)
     torch.testing.assert_close(b.query, a.query, rtol=0, atol=1e-5)
-
-
-SKETCH = TESTS / "scripts" / "sketch_distributed.py"
-
-
-def launch(processes: int, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`accelerate launch --multi_gpu --num_processes N` (gloo on a CPU machine), or plain python for 1."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    if processes == 1:
-        command = [sys.executable, str(SKETCH), *args]
-    else:
-        command = accelerate_command(processes, str(SKETCH), *args)
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=TESTS, timeout=600)
 
 
 def shards_per_rank(stdout: str) -> dict[int, int]:
@@ -80,9 +66,9 @@ def test_two_processes_sketch_the_one_process_store(tmp_path, streaming):
     from tip_hf import SketchStore
 
     flag = ["--streaming"] if streaming else []
-    one = launch(1, str(tmp_path / "one"), *flag)
+    one = launch(1, SKETCH, str(tmp_path / "one"), *flag)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = launch(2, str(tmp_path / "two"), *flag)
+    two = launch(2, SKETCH, str(tmp_path / "two"), *flag)
     assert two.returncode == 0, two.stderr[-3000:]
     # both ranks ran, each sketched only its own shards (7 shards of 8 rows: 4 + 3)
     assert sorted(shards_per_rank(two.stdout).values()) == [3, 4]
@@ -96,15 +82,17 @@ def test_killed_rank_then_resume_redoes_only_missing_shards(tmp_path):
 
     from tip_hf import SketchStore
 
-    one = launch(1, str(tmp_path / "one"))
+    one = launch(1, SKETCH, str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    crashed = launch(2, str(tmp_path / "two"), env_extra={"TIP_TEST_CRASH_RANK": "1", "TIP_TEST_CRASH_AFTER": "1"})
+    crashed = launch(
+        2, SKETCH, str(tmp_path / "two"), env_extra={"TIP_TEST_CRASH_RANK": "1", "TIP_TEST_CRASH_AFTER": "1"}
+    )
     assert crashed.returncode != 0, crashed.stdout  # rank 1 died after its first shard; the launcher stopped the job
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert not manifest["complete"]
     done = sum(len(json.loads(p.read_text())["shards"]) for p in (tmp_path / "two").glob(".rank-*.json"))
     assert 1 <= done < 7, done
-    resumed = launch(2, str(tmp_path / "two"))
+    resumed = launch(2, SKETCH, str(tmp_path / "two"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     redone = sum(shards_per_rank(resumed.stdout).values())
     assert len(shards_per_rank(resumed.stdout)) == 2, resumed.stdout
@@ -131,15 +119,7 @@ def test_two_processes_score_like_one(tmp_path):
     q = rng.normal(size=64)
     encrypt_query(q, keys, store.spec, fingerprint=store.fingerprint).save(tmp_path / "query.tip")
     (tmp_path / "public_context.tip").write_bytes((tmp_path / "keys" / "public_context.tip").read_bytes())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        accelerate_command(2, str(TESTS / "scripts" / "score_distributed.py"), str(tmp_path)),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=TESTS,
-        timeout=600,
-    )
+    out = launch(2, SCORE, str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("world=2 blocks=3") == 2
     keys = BuyerKeys.load(tmp_path / "keys")

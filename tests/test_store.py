@@ -95,6 +95,11 @@ def test_resume_refuses_other_spec_model_or_data(tmp_path):
         sketch_dataset(model, shuffled, SPEC, path, shard_size=8, progress=False)
     fresh = sketch_dataset(model, shuffled, SPEC, path, shard_size=8, progress=False, overwrite=True)
     assert fresh.ids()[0] == example_id(data[19]["input_ids"]).hex()
+    # the buyer's fingerprint: another model is refused before anything is written
+    with pytest.raises(SpecMismatchError, match="model to sketch with"):
+        sketch_dataset(make_gpt2(seed=1), data, SPEC, tmp_path / "new", fingerprint=SPEC.fingerprint(model))
+    assert not (tmp_path / "new").exists()
+    assert len(sketch_dataset(model, data, SPEC, tmp_path / "new", fingerprint=SPEC.fingerprint(model))) == 45
 
 
 def test_loading_with_other_spec_or_model_is_refused(tmp_path):

@@ -323,19 +323,11 @@ def sketch(
 
     from .data import load_corpus
     from .dataset import sketch_dataset
-    from .errors import SpecMismatchError
 
     device, main = _device_and_main()
     valuation_spec, fingerprint = _read_spec(spec)
     net, tokenizer = _load_model(model, valuation_spec.task)
     net = net.to(device)
-    if fingerprint is not None and valuation_spec.fingerprint(net) != fingerprint:
-        raise SpecMismatchError(
-            f"The fingerprint of model {model!r}",
-            fingerprint,
-            valuation_spec.fingerprint(net),
-            "Sketch with exactly the model the buyer published (same weights, config and adapters).",
-        )
     data = load_corpus(dataset, config=config, split=split, streaming=streaming)
     store = sketch_dataset(
         net,
@@ -353,6 +345,7 @@ def sketch(
         autocast_dtype=torch.bfloat16 if bf16 else None,
         overwrite=overwrite,
         progress=main,
+        fingerprint=fingerprint,  # the buyer's: refuse another model before sketching
     )
     if main:
         typer.echo(f"{len(store)} sketches (k = {store.proj_dim}) in {len(store.corpora)} corpora written to {out}")
@@ -366,7 +359,7 @@ def score(
     context: Annotated[Path, typer.Option(help="The buyer's public_context.tip.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Encrypted result to send back.")] = Path("scores.tip"),
     release: Annotated[Release, typer.Option(help="Release per corpus or per example.")] = Release.corpus,
-    min_examples: Annotated[int, typer.Option(help="Withhold corpora with fewer examples.")] = 10,
+    min_examples: Annotated[int, typer.Option(help="Withhold corpora with fewer distinct examples.")] = 10,
     allow_example_release: Annotated[bool, typer.Option(help="Permit --release example.")] = False,
     noise_multiplier: Annotated[float | None, typer.Option(help="Gaussian DP noise (needs --clip-norm).")] = None,
     clip_norm: Annotated[float | None, typer.Option(help="Clip each sketch to this L2 norm.")] = None,

@@ -235,6 +235,7 @@ def sketch_dataset(
     autocast_dtype: torch.dtype | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    fingerprint: str | None = None,
 ) -> SketchStore:
     """Sketch every example of ``dataset`` into a store at ``output_dir``; resumes by default.
 
@@ -251,6 +252,8 @@ def sketch_dataset(
         max_length: truncate longer examples to this many tokens. Without it, an example
             longer than the model's positions is an error.
         overwrite: delete an existing store at ``output_dir`` instead of resuming it.
+        fingerprint: if given (e.g. from the buyer's ``spec.json``), refuse a model whose
+            spec/model fingerprint differs before sketching anything.
 
     Returns:
         The completed :class:`SketchStore`.
@@ -267,7 +270,14 @@ def sketch_dataset(
     total = len(dataset) if hasattr(dataset, "__len__") else None
     if total == 0:
         raise ValueError("The dataset is empty: there is nothing to value.")
-    fingerprint = spec.fingerprint(sketcher.model)
+    expected, fingerprint = fingerprint, spec.fingerprint(sketcher.model)
+    if expected is not None and fingerprint != expected:
+        raise SpecMismatchError(
+            "The spec/model fingerprint of the model to sketch with",
+            expected,
+            fingerprint,
+            "Sketch with exactly the model the buyer published (same weights, config and adapters).",
+        )
     source = {**examples.settings(), "num_rows": total, "shard_size": shard_size}
     path = Path(output_dir) if output_dir is not None else _default_dir(fingerprint, source, dataset)
     header = {
@@ -357,9 +367,7 @@ def _sketch_distributed(
     map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
     if map_style:
         chunks: Iterator[tuple[int, dict[str, list[Any]]]] = (
-            (j * shard_size, dataset[j * shard_size : (j + 1) * shard_size])
-            for j in plan.indices(total)
-            if plan.wanted(j)
+            (j * shard_size, dataset[j * shard_size : (j + 1) * shard_size]) for j in plan.indices(len(dataset))
         )
     else:  # a stream: every rank reads it all and sketches only its own shards
         chunks = ((lo, chunk) for lo, chunk in _chunks(dataset, 0, shard_size) if plan.wanted(lo // shard_size))

@@ -63,13 +63,9 @@ class ShardPlan:
     def wanted(self, index: int) -> bool:
         return index % self.world == self.rank and index * self.shard_size not in self.done
 
-    def indices(self, total: int | None) -> Iterator[int]:
-        """Shard indices of this rank still to do (all of them for a stream of unknown length)."""
-        count = (total + self.shard_size - 1) // self.shard_size if total is not None else None
-        index = 0
-        while count is None or index < count:
-            yield index
-            index += 1
+    def indices(self, total: int) -> Iterator[int]:
+        """Shard indices of this rank still to do, for a dataset of ``total`` rows."""
+        return (j for j in range((total + self.shard_size - 1) // self.shard_size) if self.wanted(j))
 
     def write(
         self, index: int, sketches: torch.Tensor, ids: torch.Tensor, corpus: list[str], fingerprint: str

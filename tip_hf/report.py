@@ -15,7 +15,8 @@ __all__ = ["write_demo_report", "render_report", "markdown_table"]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    columns = columns or list(rows[0]) if rows else []
+    if columns is None:
+        columns = list(rows[0]) if rows else []
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
