@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import _columns, _Examples
+from .dataset import _chunks, _columns, _Examples
 from .errors import TIPError
 from .spec import ValuationSpec
 
@@ -146,8 +146,6 @@ def example_ids_by_corpus(
     """Example ids (:func:`tip_hf.dataset.example_id`) per corpus, in dataset order, made
     exactly as :func:`sketch_dataset` makes them: what a buyer checks a delivery against the
     seller's commitment with (:func:`tip_hf.he.verify_commitment`). Needs no model."""
-    from .dataset import _chunks
-
     examples = _Examples(
         spec, _columns(dataset), tokenizer, text_column, label_column, corpus_column, corpus, max_length, None
     )

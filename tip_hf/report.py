@@ -8,6 +8,7 @@ Reads what the protocol writes: a buyer bundle (``summary.json``), a seller stor
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,8 @@ def render_report(inputs: list[Path], out: Path) -> list[Path]:
             from .store import SketchStore
 
             store = SketchStore(path)
-            labels = store.corpus_labels()
-            counts = [{"corpus": c, "examples": labels.count(c)} for c in store.corpora]
+            per_corpus = Counter(store.corpus_codes().tolist())  # one pass, not one count per corpus
+            counts = [{"corpus": c, "examples": per_corpus[i]} for i, c in enumerate(store.corpora)]
             sections += [f"## Seller store `{path.name}` (k = {store.proj_dim}, {len(store)} examples)", ""]
             sections += [markdown_table(counts), ""]
         elif path.suffix == ".json" and path.is_file():
