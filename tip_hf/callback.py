@@ -55,6 +55,8 @@ class TIPCallback(TrainerCallback):
         max_examples: stop feeding F after this many examples (per process).
         record_sketches: keep every training sketch in :attr:`sketches` (tests, small runs).
         tokenizer, eval_batch_size, max_length: for sketching ``eval_dataset``.
+        feature_column: dense inputs (an MLP's features, ``pixel_values``) instead of tokens:
+            the model keyword (and eval-set column) that holds them; classification only.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class TIPCallback(TrainerCallback):
         tokenizer: Any = None,
         eval_batch_size: int = 16,
         max_length: int | None = None,
+        feature_column: str | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"`every_n_steps` must be >= 1, got {every_n_steps}.")
@@ -79,6 +82,7 @@ class TIPCallback(TrainerCallback):
         self.every_n_steps, self.last_epoch_only, self.max_examples = every_n_steps, last_epoch_only, max_examples
         self.record_sketches, self.tokenizer = record_sketches, tokenizer
         self.eval_batch_size, self.max_length = eval_batch_size, max_length
+        self.feature_column = feature_column
         self.curvature = CurvatureAccumulator(spec.proj_dim)
         self.sketches: list[torch.Tensor] = []
         self.bundle: Bundle | None = None
@@ -175,13 +179,20 @@ class TIPCallback(TrainerCallback):
         if not (self._active and module.training and torch.is_grad_enabled()):
             capture.pause()
             return
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
         labels = kwargs.get("labels")
-        if input_ids is None or labels is None:
-            capture.pause()
-            return
-        mask = kwargs.get("attention_mask")
-        mask = torch.ones_like(input_ids) if mask is None else mask
+        if self.feature_column is not None:  # dense inputs: one "token" per example
+            features = kwargs.get(self.feature_column, args[0] if args else None)
+            if features is None or labels is None:
+                capture.pause()
+                return
+            mask = torch.ones(features.shape[0], 1, dtype=torch.long, device=features.device)
+        else:
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            if input_ids is None or labels is None:
+                capture.pause()
+                return
+            mask = kwargs.get("attention_mask")
+            mask = torch.ones_like(input_ids) if mask is None else mask
         capture.begin(mask)
         self._pending = {"labels": labels.detach(), "mask": mask.detach(), "normaliser": None}
 
@@ -247,6 +258,7 @@ class TIPCallback(TrainerCallback):
             batch_size=self.eval_batch_size,
             max_length=self.max_length,
             progress=False,
+            feature_column=self.feature_column,
         )
         g = total / count
         solution = solve_query(curvature, g, self.spec.damping, self.spec.preconditioner)

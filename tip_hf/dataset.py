@@ -22,7 +22,7 @@ from .sketcher import GradientSketcher, _max_positions
 from .spec import ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter
 
-__all__ = ["example_id", "mean_sketch", "sketch_dataset"]
+__all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequ
     return h.digest()
 
 
+def dense_example_id(features: torch.Tensor, label: Any = None) -> bytes:
+    """SHA-256 content hash of a dense example: its shape, its ``float32`` values, its label."""
+    x = torch.as_tensor(features, dtype=torch.float32).contiguous()
+    h = hashlib.sha256(b"tip_hf-dense-example/1")
+    h.update(b"shape" + repr(tuple(x.shape)).encode())
+    h.update(b"x" + x.numpy().astype("<f4").tobytes())
+    if label is not None:
+        h.update(b"label" + repr(label if not isinstance(label, list) else [float(v) for v in label]).encode())
+    return h.digest()
+
+
 class _Examples:
     """Turns rows of a dataset into tokenised examples with ids and corpus labels."""
 
@@ -55,12 +66,19 @@ class _Examples:
         corpus: str | None,
         max_length: int | None,
         max_positions: int | None,
+        feature_column: str | None = None,
     ) -> None:
         self.spec, self.tokenizer = spec, tokenizer
         self.text_column, self.corpus_column, self.corpus = text_column, corpus_column, corpus
         self.max_length, self.max_positions = max_length, max_positions
+        self.feature_column = feature_column
         self.pretokenised = "input_ids" in columns
-        if not self.pretokenised:
+        if feature_column is not None:
+            if feature_column not in columns:
+                raise KeyError(f"feature_column `{feature_column}` is not a column of the dataset ({list(columns)}).")
+            if spec.task != "sequence_classification":
+                raise ValueError("Dense inputs (`feature_column`) need task='sequence_classification'.")
+        elif not self.pretokenised:
             if text_column not in columns:
                 raise KeyError(
                     f"The dataset has neither `input_ids` nor a `{text_column}` column "
@@ -87,7 +105,8 @@ class _Examples:
 
     def settings(self) -> dict[str, Any]:
         return {
-            "text_column": None if self.pretokenised else self.text_column,
+            "text_column": None if self.pretokenised or self.feature_column else self.text_column,
+            "feature_column": self.feature_column,
             "label_column": self.label_column,
             "corpus_column": self.corpus_column,
             "corpus": self.corpus,
@@ -95,7 +114,24 @@ class _Examples:
             "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
         }
 
+    def _dense_rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
+        rows = []
+        for i, value in enumerate(batch[self.feature_column]):  # type: ignore[index]
+            x = torch.as_tensor(value, dtype=torch.float32)
+            if x.numel() == 0:
+                raise ValueError(f"Example {start + i} has an empty `{self.feature_column}`; remove empty rows.")
+            if not torch.isfinite(x).all():
+                raise ValueError(
+                    f"Example {start + i} has NaN/Inf in `{self.feature_column}`; impute or drop it first."
+                )
+            label = batch[self.label_column][i] if self.label_column else None
+            corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
+            rows.append({"features": x, "label": label, "corpus": corpus, "id": dense_example_id(x, label)})
+        return rows
+
     def rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
+        if self.feature_column is not None:
+            return self._dense_rows(batch, start)
         n = len(next(iter(batch.values())))
         if self.pretokenised:
             input_ids = [list(x) for x in batch["input_ids"]]
@@ -137,8 +173,17 @@ class _Examples:
         return rows
 
 
-def _collate(rows: list[dict[str, Any]], pad_id: int, task: str) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into a Trainer-style batch."""
+def _collate(
+    rows: list[dict[str, Any]], pad_id: int, task: str, feature_column: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into a Trainer-style batch (dense ones: stack them)."""
+    if feature_column is not None:
+        shapes = {tuple(r["features"].shape) for r in rows}
+        if len(shapes) != 1:
+            raise ValueError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
+        values = [r["label"] for r in rows]
+        dtype = torch.float32 if isinstance(values[0], float | list) else torch.long
+        return {feature_column: torch.stack([r["features"] for r in rows]), "labels": torch.tensor(values, dtype=dtype)}
     length = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
@@ -202,6 +247,7 @@ def _setup(
     corpus: str | None,
     max_length: int | None,
     autocast_dtype: torch.dtype | None,
+    feature_column: str | None = None,
 ) -> tuple[GradientSketcher, _Examples]:
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
     examples = _Examples(
@@ -214,6 +260,7 @@ def _setup(
         corpus,
         max_length,
         _max_positions(sketcher.model),
+        feature_column,
     )
     return sketcher, examples
 
@@ -236,6 +283,7 @@ def sketch_dataset(
     overwrite: bool = False,
     progress: bool = True,
     fingerprint: str | None = None,
+    feature_column: str | None = None,
 ) -> SketchStore:
     """Sketch every example of ``dataset`` into a store at ``output_dir``; resumes by default.
 
@@ -254,6 +302,9 @@ def sketch_dataset(
         overwrite: delete an existing store at ``output_dir`` instead of resuming it.
         fingerprint: if given (e.g. from the buyer's ``spec.json``), refuse a model whose
             spec/model fingerprint differs before sketching anything.
+        feature_column: dense inputs instead of tokens (tabular features, pixels): a column
+            of fixed-shape float arrays, passed to the model as the keyword of that name
+            (e.g. ``pixel_values``); classification only.
 
     Returns:
         The completed :class:`SketchStore`.
@@ -265,7 +316,17 @@ def sketch_dataset(
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size}, {shard_size}.")
     sketcher, examples = _setup(
-        model, dataset, spec, tokenizer, text_column, label_column, corpus_column, corpus, max_length, autocast_dtype
+        model,
+        dataset,
+        spec,
+        tokenizer,
+        text_column,
+        label_column,
+        corpus_column,
+        corpus,
+        max_length,
+        autocast_dtype,
+        feature_column,
     )
     total = len(dataset) if hasattr(dataset, "__len__") else None
     if total == 0:
@@ -322,7 +383,7 @@ def sketch_dataset(
             parts = []
             for b in range(0, len(rows), batch_size):
                 batch = rows[b : b + batch_size]
-                parts.append(sketcher.sketch(_collate(batch, pad_id, spec.task)).cpu())
+                parts.append(sketcher.sketch(_collate(batch, pad_id, spec.task, examples.feature_column)).cpu())
                 bar.update(len(batch))
             ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
             codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
@@ -378,7 +439,8 @@ def _sketch_distributed(
             rows = examples.rows(chunk, lo)
             parts = []
             for b in range(0, len(rows), batch_size):
-                parts.append(sketcher.sketch(_collate(rows[b : b + batch_size], pad_id, spec.task)).cpu())
+                batch = _collate(rows[b : b + batch_size], pad_id, spec.task, examples.feature_column)
+                parts.append(sketcher.sketch(batch).cpu())
                 bar.update(len(rows[b : b + batch_size]))
             ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
             plan.write(lo // shard_size, torch.cat(parts), ids, [r["corpus"] for r in rows], header["fingerprint"])
@@ -460,12 +522,23 @@ def mean_sketch(
     max_length: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    feature_column: str | None = None,
 ) -> tuple[torch.Tensor, int, float]:
     """``(sum of sketches [k] float64, count, mean loss)`` over a dataset, nothing written to
     disk: the buyer's eval gradient ``g = sum / count`` and eval loss (same examples handling
     as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
     sketcher, examples = _setup(
-        model, dataset, spec, tokenizer, text_column, label_column, None, None, max_length, autocast_dtype
+        model,
+        dataset,
+        spec,
+        tokenizer,
+        text_column,
+        label_column,
+        None,
+        None,
+        max_length,
+        autocast_dtype,
+        feature_column,
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
     total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
@@ -473,7 +546,8 @@ def mean_sketch(
     with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
         for lo, chunk in _chunks(dataset, 0, batch_size):
             rows = examples.rows(chunk, lo)
-            sketches = sketcher.sketch(_collate(rows, 0 if pad_id is None else int(pad_id), spec.task))
+            batch = _collate(rows, 0 if pad_id is None else int(pad_id), spec.task, examples.feature_column)
+            sketches = sketcher.sketch(batch)
             total += sketches.double().sum(0).cpu()
             loss_sum += float(sketcher.last_losses.double().sum())
             count += len(rows)

@@ -68,9 +68,29 @@ class GradientSketcher:
         return self.projection.matrix()
 
     # -- batches -------------------------------------------------------------------------
+    def _prepare_dense(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        """A batch of fixed-size inputs (an MLP's features, an image model's ``pixel_values``):
+        every key but the labels goes to the model by name; one "token" per example."""
+        if self.spec.task != "sequence_classification":
+            raise KeyError(
+                f"The batch has no `input_ids` (keys: {sorted(batch)}). `causal_lm` needs tokenised examples."
+            )
+        device = self.device
+        inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k not in ("labels", "label")}
+        if not inputs:
+            raise KeyError(f"The batch has no model inputs (keys: {sorted(batch)}).")
+        sizes = {k: v.shape[0] if v.dim() else None for k, v in inputs.items()}
+        if len(set(sizes.values())) != 1 or None in sizes.values():
+            raise ValueError(f"Every model input must be [batch, ...] with one batch size, got {sizes}.")
+        labels = batch.get("labels", batch.get("label"))
+        if labels is None:
+            raise KeyError("`sequence_classification` needs `labels` (or `label`) in the batch.")
+        n = next(iter(sizes.values()))
+        return inputs, torch.as_tensor(labels).to(device), torch.ones(n, 1, dtype=torch.bool, device=device)
+
     def _prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         if "input_ids" not in batch:
-            raise KeyError(f"The batch has no `input_ids` (keys: {sorted(batch)}). Pass tokenised examples.")
+            return self._prepare_dense(batch)
         device = self.device
         input_ids = torch.as_tensor(batch["input_ids"]).to(device)
         if input_ids.dim() != 2:
@@ -137,13 +157,16 @@ class GradientSketcher:
         ``batch`` is what a Trainer data collator yields: ``input_ids`` and ``attention_mask``
         ``[N, T]`` (either padding side), and ``labels`` (``[N, T]`` with ``-100`` on ignored
         tokens for ``causal_lm`` -- defaults to the input ids; ``[N]`` for classification).
+        Without ``input_ids`` (classification only) the batch holds dense inputs, e.g.
+        ``{"pixel_values": [N, ...], "labels": [N]}``: each key but ``labels`` is passed to the
+        model by name, and the model returns logits ``[N, C]`` (a tensor or ``.logits``).
 
         Raises:
             NonFiniteGradientError: some example's gradient is NaN/Inf (e.g. fp16 overflow).
             ValueError: an example is longer than the model's position embeddings.
         """
         inputs, labels, mask = self._prepare(batch)
-        n = inputs["input_ids"].shape[0]
+        n = mask.shape[0]
         if n == 0:
             self.last_losses = torch.zeros(0)
             return torch.zeros(0, self.proj_dim, device=self.device)
@@ -156,7 +179,7 @@ class GradientSketcher:
         with self._sketch_mode(), GradientCapture(self.projection, self.targets) as capture:
             capture.begin(mask)
             with autocast:
-                logits = self.model(**inputs).logits
+                logits = _logits(self.model(**inputs))
             losses, counts = per_example_loss(logits, labels, self.spec.task)
             self.last_losses = losses.detach().float().cpu()
             outputs = capture.outputs()
@@ -169,6 +192,18 @@ class GradientSketcher:
         if empty:
             logger.warning("Examples %s of the batch have no target token; their sketch is zero.", empty)
         return sketches
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """A transformers output's ``.logits``; a plain ``nn.Module`` may return the tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    if logits is None:
+        raise TypeError(f"The model returned {type(output).__name__}; expected logits (a tensor or `.logits`).")
+    return logits
 
 
 def _check_finite(sketches: torch.Tensor) -> None:
