@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from market import MLPClassifier, REPORTS, fidelity_plot, pearson, pyplot, score_privately, seed_everything, write_json
+from market import REPORTS, MLPClassifier, fidelity_plot, pearson, pyplot, score_privately, seed_everything, write_json
 from transformers import Trainer, TrainingArguments
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
@@ -142,7 +142,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
         "experiment": "Digits market (paper 4.1): buyer MLP on MNIST {1,2}, eval on digit 3",
         "quick": quick,
         "settings": {
-            "buyer_train": int(len(train_idx)),
+            "buyer_train": len(train_idx),
             "per_seller": n_sell,
             "eval": n_eval,
             "mlp": "784-64-10",
