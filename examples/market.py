@@ -31,6 +31,16 @@ from tip_hf.he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, s
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def quiet() -> None:
+    """Keep the experiments' own output readable (no map/load progress bars or load reports)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
@@ -207,6 +217,7 @@ def fidelity_plot(scored: Scored, title: str, path: Path) -> Path:
 def seed_everything(seed: int) -> None:
     import random
 
+    quiet()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
