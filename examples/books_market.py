@@ -39,7 +39,8 @@ BUDGET = 10_000.0
 PAPER = {"finding": "heavy-tailed value distribution: a few books hold most of the value; flat rates overpay the rest"}
 
 
-LORA_LR = 1e-3
+LORA_LR = 1e-3  # the buyer's own fine-tuning rate
+REALIZED_LR = {"gentle": 1e-4, "buyer_lr": LORA_LR}
 
 
 def buyer_smollm(quick: bool, seed: int, work: Path) -> Buyer:
@@ -90,10 +91,11 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
         "gini_flat_rate": gini(list(flat.values())),
         "gini_value_proportional": gini(list(proportional.values())),
         "flat_rate_paid_to_negative_value_books": float(sum(flat[t] for t in titles if values[t] < 0)),
-        "austen_ranks": [ranked.index(t) + 1 for t in titles if lib[t].author.lower().find("austen") >= 0],
+        "austen_ranks": [ranked.index(t) + 1 for t in titles if "austen" in lib[t].author.lower()],
     }
 
-    # realized: fine-tune the buyer on the top, middle and bottom books' passages
+    # realized: fine-tune the buyer's adapter on the top, middle and bottom books' passages,
+    # gently (influence is a local prediction) and at the buyer's own learning rate
     clock = time.perf_counter()
     k = 1 if quick else 3
     mid = len(ranked) // 2
@@ -102,15 +104,22 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
     realized = []
     for group, picked in checks.items():
         for title in picked:
-            model = copy.deepcopy(buyer.model)
-            steps = 2 * -(-per_book // 16)  # two epochs over the book's passages
-            lm_trainer(model, lm_rows(passages[title]), work / "realized", steps, LORA_LR, seed).train()
-            drop = before - eval_loss(model, buyer.eval_chunks)
-            realized.append({"group": group, "book": title, "value": values[title], "realized_eval_loss_drop": drop})
+            row = {"group": group, "book": title, "value": values[title]}
+            for recipe, lr in REALIZED_LR.items():
+                model = copy.deepcopy(buyer.model)
+                steps = 2 * -(-per_book // 16)  # two epochs over the book's passages
+                lm_trainer(model, lm_rows(passages[title]), work / "realized", steps, lr, seed).train()
+                row[f"drop_{recipe}"] = before - eval_loss(model, buyer.eval_chunks)
+            realized.append(row)
     realized_seconds = time.perf_counter() - clock
     group_means = {
-        g: float(np.mean([r["realized_eval_loss_drop"] for r in realized if r["group"] == g])) for g in checks
+        recipe: {g: float(np.mean([r[f"drop_{recipe}"] for r in realized if r["group"] == g])) for g in checks}
+        for recipe in REALIZED_LR
     }
+    norms = store.sketches().norm(dim=1).numpy()
+    labels = np.array(store.corpus_labels())
+    median = float(np.median(norms))
+    outliers = {t: float(norms[labels == t].max() / median) for t in titles}
     table = [
         {
             "rank": i + 1,
@@ -120,6 +129,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
             "plaintext_sum": scored.corpus_plain[t]["sum"],
             "flat_rate_payout": flat[t],
             "value_proportional_payout": proportional[t],
+            "largest_passage_norm_over_median": outliers[t],
         }
         for i, t in enumerate(ranked)
     ]
@@ -133,18 +143,23 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
             "passages_per_book": per_book,
             "bundle": buyer.bundle.summary,
             "budget": BUDGET,
-            "realized": f"2 epochs of AdamW lr {LORA_LR} (LoRA weights)",
+            "realized": {
+                recipe: f"2 epochs of AdamW lr {lr} on the LoRA weights" for recipe, lr in REALIZED_LR.items()
+            },
         },
         "stats": stats,
         "table": table,
         "realized": realized,
         "realized_group_means": group_means,
-        "realized_order_matches_value": group_means["top"] > group_means["middle"] > group_means["bottom"],
-        "spearman_value_vs_realized": spearman(
-            [r["value"] for r in realized], [r["realized_eval_loss_drop"] for r in realized]
-        )
-        if len(realized) > 2
-        else None,
+        "realized_order_matches_value": {
+            recipe: means["top"] > means["middle"] > means["bottom"] for recipe, means in group_means.items()
+        },
+        "spearman_value_vs_realized": {
+            recipe: spearman([r["value"] for r in realized], [r[f"drop_{recipe}"] for r in realized])
+            if len(realized) > 2
+            else None
+            for recipe in REALIZED_LR
+        },
         "fidelity": scored.fidelity(),
         "seconds": {
             "buyer_training_and_bundle": buyer.seconds,
@@ -202,7 +217,8 @@ def main() -> None:
         print(f"{r['rank']:>3} {r['book']:<34} {r['value_sum']:>12.5g}  pays {r['value_proportional_payout']:>8.1f}")
     for key, value in result["stats"].items():
         print(f"{key}: {value}")
-    print("realized eval-loss drop by group:", result["realized_group_means"])
+    for recipe, means in result["realized_group_means"].items():
+        print(f"realized eval-loss drop by group ({recipe}):", means)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def test_books_market_statistics(reports):
     assert 0 < st["gini_value_proportional"] <= 1 and 0 < st["top10_share_of_positive_value"] <= 1
     assert abs(sum(t["value_proportional_payout"] for t in r["table"]) - r["settings"]["budget"]) < 1e-6
     assert {x["group"] for x in r["realized"]} == {"top", "middle", "bottom"}
+    assert set(r["realized_group_means"]) == {"gentle", "buyer_lr"}
 
 
 def test_report_puts_paper_numbers_beside_ours(reports):
