@@ -14,14 +14,13 @@ per-example and per-corpus value is computed under CKKS and compared with plaint
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
-from market import REPORTS, fidelity_plot, pyplot, score_privately, seed_everything, write_json
+from market import corpus_bars, fidelity_plot, parser, score_privately, seed_everything, write_json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
@@ -119,32 +118,14 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
         "paper": PAPER,
     }
     figures = [fidelity_plot(scored, "BERT (MiniLM + LoRA): encrypted vs plaintext", out / f"{NAME}.png")]
-    figures.append(_bars(table, out / f"{NAME}_corpora.png"))
+    figures.append(corpus_bars(table, out / f"{NAME}_corpora.png", "decrypted mean value per example"))
     result["figures"] = [p.name for p in figures]
     write_json(NAME, result, out)
     return result
 
 
-def _bars(table: list[dict], path: Path) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh([r["corpus"] for r in table], [r["encrypted_mean"] for r in table])
-    ax.invert_yaxis()
-    ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("decrypted mean value per example", fontsize=8)
-    ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--out", type=Path, default=REPORTS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
     result = run(args.quick, args.out, args.seed)
     for r in result["table"]:
         print(f"{r['corpus']:<30} {r['encrypted_mean']:>12.5g} {r['plaintext_mean']:>12.5g}")

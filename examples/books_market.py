@@ -18,19 +18,27 @@ measure its eval loss.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from datasets import concatenate_datasets
-from gpt2_fidelity import BUYER_EVAL, BUYER_TRAIN, Buyer, chunks, eval_loss, library, lm_rows, lm_trainer
-from market import REPORTS, pyplot, score_privately, seed_everything, spearman, write_json
+from gpt2_fidelity import (
+    BUYER_EVAL,
+    BUYER_TRAIN,
+    Buyer,
+    chunks,
+    eval_loss,
+    library,
+    lm_rows,
+    lm_trainer,
+    seller_store,
+)
+from market import parser, pyplot, score_privately, seed_everything, spearman, write_json
 from scipy.stats import skew
 
-from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
+from tip_hf import TIPCallback, ValuationSpec, load_bundle
 from tip_hf.assets import smollm2_135m
 from tip_hf.pricing import flat_rate_payouts, gini, top_share, value_proportional_payouts
 
@@ -69,13 +77,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
     titles = [t for t in lib if t not in (*BUYER_TRAIN, BUYER_EVAL)]
     per_book = 2 if quick else 12
     passages = {t: chunks(buyer.tokenizer, lib[t].text, per_book) for t in titles}
-    clock = time.perf_counter()
-    data = concatenate_datasets([lm_rows(p, t) for t, p in passages.items()])
-    store = sketch_dataset(
-        buyer.model, data, buyer.spec, work / "store", corpus_column="corpus", batch_size=16,
-        fingerprint=buyer.bundle.fingerprint, progress=False,
-    )  # fmt: skip
-    sketch_seconds = time.perf_counter() - clock
+    store, sketch_seconds = seller_store(buyer, passages, work / "store")
     scored = score_privately(buyer.bundle.query, store)
     values = {t: scored.corpus_enc[t]["sum"] for t in titles}
     ranked = sorted(titles, key=lambda t: -values[t])
@@ -179,11 +181,14 @@ def _figure(table: list[dict], stats: dict, path: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     v = np.array([r["value_sum"] for r in table])
     austen = np.array(["austen" in r["author"].lower() for r in table])
-    a.hist(v, bins=20, color="tab:blue", alpha=0.85)
+    top = np.log10(max(np.abs(v).max(), 10.0)) + 0.05
+    side = np.logspace(0, top, 14)
+    a.hist(v, bins=np.concatenate([-side[::-1], [0.0], side]), color="tab:blue", alpha=0.85)
+    a.set_xscale("symlog", linthresh=1.0)
     for x in v[austen]:
         a.axvline(x, color="tab:red", lw=1.2)
     a.axvline(0, color="0.4", lw=0.8, ls="--")
-    a.set_xlabel("decrypted value of a book's passages (sum)", fontsize=8)
+    a.set_xlabel("decrypted value of a book's passages (sum, symmetric log scale)", fontsize=8)
     a.set_ylabel("books", fontsize=8)
     a.set_title(
         f"{stats['books']} books: skewness {stats['skewness']:.2f}, top 10% hold "
@@ -207,11 +212,7 @@ def _figure(table: list[dict], stats: dict, path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--out", type=Path, default=REPORTS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
     result = run(args.quick, args.out, args.seed)
     for r in result["table"][:5] + result["table"][-3:]:
         print(f"{r['rank']:>3} {r['book']:<34} {r['value_sum']:>12.5g}  pays {r['value_proportional_payout']:>8.1f}")

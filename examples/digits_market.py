@@ -13,7 +13,6 @@ buyer's model on each seller alone and measure its loss and accuracy on the digi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -22,8 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from market import REPORTS, MLPClassifier, fidelity_plot, pearson, pyplot, score_privately, seed_everything, write_json
-from transformers import Trainer, TrainingArguments
+from market import (
+    MLPClassifier,
+    fidelity_plot,
+    parser,
+    pearson,
+    pyplot,
+    score_privately,
+    seed_everything,
+    training_args,
+    write_json,
+)
+from transformers import Trainer
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
 from tip_hf.assets import mnist_digits
@@ -34,20 +43,7 @@ REALIZED_EPOCHS = 5
 
 
 def trainer(model: torch.nn.Module, data: Dataset, out: Path, epochs: float, lr: float, seed: int, **kw) -> Trainer:
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=32,
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
+    args = training_args(out, 32, lr, seed, num_train_epochs=epochs)
     return Trainer(model=model, args=args, train_dataset=data, **kw)
 
 
@@ -189,11 +185,7 @@ def _bars(table: list[dict], path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--out", type=Path, default=REPORTS, help="where the JSON and figures go")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
     result = run(args.quick, args.out, args.seed)
     for r in result["table"]:
         print(

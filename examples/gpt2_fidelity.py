@@ -14,7 +14,6 @@ under CKKS and compared with plaintext. :func:`buyer_lm` is shared with the book
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
-from market import REPORTS, fidelity_plot, pyplot, score_privately, seed_everything, write_json
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, Trainer, TrainingArguments
+from market import corpus_bars, fidelity_plot, parser, score_privately, seed_everything, training_args, write_json
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, Trainer
 
-from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
+from tip_hf import SketchStore, TIPCallback, ValuationSpec, load_bundle, sketch_dataset
 from tip_hf.assets import Book, books, gpt2_tokenizer_path
 from tip_hf.bundle import Bundle
 
@@ -71,21 +70,7 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def lm_trainer(model: torch.nn.Module, data: Dataset, out: Path, steps: int, lr: float, seed: int, **kw) -> Trainer:
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=16,
-        max_steps=steps,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
+    args = training_args(out, 16, lr, seed, max_steps=steps, remove_unused_columns=False)
     return Trainer(model=model, args=args, train_dataset=data, data_collator=collate, **kw)
 
 
@@ -158,18 +143,24 @@ def candidate_corpora(tokenizer: GPT2TokenizerFast, per_corpus: int, seed: int) 
     return out
 
 
+def seller_store(buyer: Buyer, corpora: dict[str, list[list[int]]], path: Path) -> tuple[SketchStore, float]:
+    """The seller sketches its passages with the buyer's published model (checked against the
+    bundle's fingerprint); returns the store and the seconds it took."""
+    clock = time.perf_counter()
+    data = concatenate_datasets([lm_rows(p, name) for name, p in corpora.items()])
+    store = sketch_dataset(
+        buyer.model, data, buyer.spec, path, corpus_column="corpus", batch_size=16,
+        fingerprint=buyer.bundle.fingerprint, progress=False,
+    )  # fmt: skip
+    return store, time.perf_counter() - clock
+
+
 def run(quick: bool, out: Path, seed: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tip-gpt2-"))
     buyer = buyer_lm(quick, seed, work)
     per_corpus = 8 if quick else 48
     corpora = candidate_corpora(buyer.tokenizer, per_corpus, seed)
-    clock = time.perf_counter()
-    data = concatenate_datasets([lm_rows(p, name) for name, p in corpora.items()])
-    store = sketch_dataset(
-        buyer.model, data, buyer.spec, work / "store", corpus_column="corpus", batch_size=16,
-        fingerprint=buyer.bundle.fingerprint, progress=False,
-    )  # fmt: skip
-    sketch_seconds = time.perf_counter() - clock
+    store, sketch_seconds = seller_store(buyer, corpora, work / "store")
     scored = score_privately(buyer.bundle.query, store)
     table = [
         {"corpus": name, "encrypted_mean": v["mean"], "plaintext_mean": scored.corpus_plain[name]["mean"]}
@@ -201,32 +192,14 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
         "paper": PAPER,
     }
     figures = [fidelity_plot(scored, "GPT-2 (Austen LM): encrypted vs plaintext", out / f"{NAME}.png")]
-    figures.append(_bars(table, out / f"{NAME}_corpora.png"))
+    figures.append(corpus_bars(table, out / f"{NAME}_corpora.png", "decrypted mean value per passage", "tab:purple"))
     result["figures"] = [p.name for p in figures]
     write_json(NAME, result, out)
     return result
 
 
-def _bars(table: list[dict], path: Path) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    ax.barh([r["corpus"] for r in table], [r["encrypted_mean"] for r in table], color="tab:purple")
-    ax.invert_yaxis()
-    ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("decrypted mean value per passage", fontsize=8)
-    ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--out", type=Path, default=REPORTS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
     result = run(args.quick, args.out, args.seed)
     for r in result["table"]:
         print(f"{r['corpus']:<26} {r['encrypted_mean']:>12.5g} {r['plaintext_mean']:>12.5g}")

@@ -22,7 +22,6 @@ replicates by Fisher z, with bootstrap (over replicates) 95% intervals.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import tempfile
@@ -34,7 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from market import REPORTS, MLPClassifier, pearson, pyplot, seed_everything, spearman, write_json
+from market import MLPClassifier, parser, pearson, pyplot, seed_everything, spearman, write_json
 
 from tip_hf import GradientSketcher, ValuationSpec, sketch_dataset
 from tip_hf.assets import clinical_table
@@ -320,7 +319,7 @@ def _figure(points: list[dict], by_steps: dict, path: Path) -> Path:
     ax.set_xlabel(f"realized fine-tuning length (SGD steps, lr {REALIZED_LR})", fontsize=8)
     ax.set_ylabel("pooled Pearson with realized (95% CI)", fontsize=8)
     ax.axhline(0, color="0.6", lw=0.8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -328,13 +327,10 @@ def _figure(points: list[dict], by_steps: dict, path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6 replicates (CI)")
-    parser.add_argument("--replicates", type=int, default=None)
-    parser.add_argument("--proj-dim", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=REPORTS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--replicates", type=int, default=None, help="default 50 (quick: 6)")
+    options.add_argument("--proj-dim", type=int, default=256)
+    args = options.parse_args()
     result = run(args.quick, args.out, args.seed, args.replicates, args.proj_dim)
     for steps, summary in result["summary_by_fine_tune_steps"].items():
         print(f"-- realized after {steps} fine-tuning step(s)")

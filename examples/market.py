@@ -9,6 +9,7 @@ and per corpus. Results go to ``reports/<name>.json`` (every number) plus PNG fi
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -209,6 +210,50 @@ def fidelity_plot(scored: Scored, title: str, path: Path) -> Path:
     ax.set_ylabel("decrypted CKKS value")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every experiment takes: ``--quick``, ``--out``, ``--seed``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
+    parser.add_argument("--out", type=Path, default=REPORTS, help="where the JSON and figures go")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def training_args(out: Path, batch_size: int, lr: float, seed: int, **kw: Any) -> Any:
+    """``TrainingArguments`` for the experiments' short runs: constant lr, no logging or saving."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        **kw,
+    )
+
+
+def corpus_bars(table: list[dict], path: Path, xlabel: str, color: str = "tab:blue") -> Path:
+    """Horizontal bars of each corpus's decrypted mean value, best first."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.3 * len(table)))
+    ax.barh([r["corpus"] for r in table], [r["encrypted_mean"] for r in table], color=color)
+    ax.invert_yaxis()
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
