@@ -2,8 +2,8 @@
 # Regenerate reports/ from scratch: the paper's five evaluations on real offline data, each a
 # script under examples/, then reports/README.md (tables with the paper's numbers beside ours),
 # PNG figures and one JSON of every number per experiment.
-#   ./scripts/reproduce.sh            # full sizes (about 15 minutes on 2 CPU cores)
-#   ./scripts/reproduce.sh --quick    # CI sizes (about 3 minutes), written to reports/quick/
+#   ./scripts/reproduce.sh            # full sizes (about 17 minutes on 2 CPU cores)
+#   ./scripts/reproduce.sh --quick    # CI sizes (about 4.5 minutes), written to reports/quick/
 #   ./scripts/reproduce.sh --out DIR  # somewhere else
 set -euo pipefail
 cd "$(dirname "$0")/.."
