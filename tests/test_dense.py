@@ -16,7 +16,15 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tip_hf import GradientSketcher, SketchStore, SpecMismatchError, TIPCallback, ValuationSpec, sketch_dataset
+from tip_hf import (
+    GradientSketcher,
+    SketchStore,
+    SpecMismatchError,
+    TIPCallback,
+    TIPError,
+    ValuationSpec,
+    sketch_dataset,
+)
 from tip_hf.dataset import mean_sketch
 
 TARGETS = ["hidden", "classifier"]
@@ -160,3 +168,59 @@ def test_callback_on_mlp_records_sketcher_sketches(tmp_path):
     lam = spec.damping * torch.trace(f) / spec.proj_dim
     q = torch.linalg.solve(f + lam * torch.eye(spec.proj_dim, dtype=torch.float64), g)
     torch.testing.assert_close(callback.bundle.query.double(), q, rtol=1e-4, atol=1e-6 * q.abs().max().item())
+
+
+def test_label_formats_give_the_same_sketches_and_ids(tmp_path):
+    """[N, 1] regression targets, numpy-formatted datasets and a float64 model: no batch-mate
+    leakage, one id per content whatever the dataset's format."""
+    torch.manual_seed(0)
+    model = MLP(classes=1)  # one output: squared error
+    spec = ValuationSpec(targets=TARGETS, task=CLS, proj_dim=16, seed=4)
+    x = torch.randn(6, 12)
+    y = torch.randn(6)
+    rows = {"features": x.tolist(), "label": [[v] for v in y.tolist()]}  # one-item lists -> [N, 1]
+    total, _, loss = mean_sketch(
+        model, Dataset.from_dict(rows), spec, feature_column="features", batch_size=6, progress=False
+    )
+    alone = [
+        mean_sketch(model, Dataset.from_dict({k: v[i : i + 1] for k, v in rows.items()}), spec,
+                    feature_column="features", progress=False)[0]
+        for i in range(6)
+    ]  # fmt: skip
+    torch.testing.assert_close(total, torch.stack(alone).sum(0), rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(F.mse_loss(model(x).logits.squeeze(-1), y).item(), rel=1e-5)
+    params = [p for _, p in GradientSketcher(model, spec).target_parameters()]
+    matrix = GradientSketcher(model, spec).projection_matrix()
+    ref = sum(flat_grad((model(x[i : i + 1]).logits.squeeze() - y[i]) ** 2, params) @ matrix for i in range(6))
+    torch.testing.assert_close(total, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+    labels = torch.randint(0, 3, (6,))
+    plain = Dataset.from_dict({"features": x.tolist(), "label": labels.tolist()})
+    cls_spec = ValuationSpec(targets=TARGETS, task=CLS, proj_dim=16, seed=4)
+    common = {"feature_column": "features", "progress": False}
+    a = sketch_dataset(MLP(), plain, cls_spec, tmp_path / "plain", **common)
+    b = sketch_dataset(MLP(), plain.with_format("numpy"), cls_spec, tmp_path / "numpy", **common)
+    assert a.ids() == b.ids()
+    from tip_hf.data import example_ids_by_corpus
+
+    ids = example_ids_by_corpus(plain, cls_spec, feature_column="features")
+    assert [i.hex() for i in ids["all"]] == a.ids()  # the buyer can verify a dense delivery
+
+    double = MLP().double()
+    s64 = GradientSketcher(double, cls_spec).sketch({"features": x, "labels": labels})  # float32 in, float64 model
+    assert s64.shape == (6, 16) and torch.isfinite(s64).all()
+
+
+def test_callback_names_a_wrong_feature_column(tmp_path):
+    x, y = data(8)
+    callback = TIPCallback(ValuationSpec(targets=TARGETS, task=CLS, proj_dim=8), feature_column="pixel_values")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_train_epochs=1, report_to=[],
+        use_cpu=True, logging_strategy="no", save_strategy="no",
+    )  # fmt: skip
+    trainer = Trainer(
+        model=MLP(), args=args, train_dataset=Dataset.from_dict({"features": x.tolist(), "labels": y.tolist()}),
+        callbacks=[callback],
+    )  # fmt: skip
+    with pytest.raises(TIPError, match="feature_column='pixel_values'"):
+        trainer.train()

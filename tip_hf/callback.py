@@ -182,6 +182,11 @@ class TIPCallback(TrainerCallback):
         labels = kwargs.get("labels")
         if self.feature_column is not None:  # dense inputs: one "token" per example
             features = kwargs.get(self.feature_column, args[0] if args else None)
+            if features is None and labels is not None:
+                raise TIPError(
+                    f"TIPCallback(feature_column={self.feature_column!r}) but the model was called with "
+                    f"{sorted(kwargs)}: name the dataset column and the model's keyword {self.feature_column!r}."
+                )
             if features is None or labels is None:
                 capture.pause()
                 return

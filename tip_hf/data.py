@@ -142,12 +142,22 @@ def example_ids_by_corpus(
     corpus: str | None = None,
     max_length: int | None = None,
     batch_size: int = 256,
+    feature_column: str | None = None,
 ) -> dict[str, list[bytes]]:
     """Example ids (:func:`tip_hf.dataset.example_id`) per corpus, in dataset order, made
     exactly as :func:`sketch_dataset` makes them: what a buyer checks a delivery against the
     seller's commitment with (:func:`tip_hf.he.verify_commitment`). Needs no model."""
     examples = _Examples(
-        spec, _columns(dataset), tokenizer, text_column, label_column, corpus_column, corpus, max_length, None
+        spec,
+        _columns(dataset),
+        tokenizer,
+        text_column,
+        label_column,
+        corpus_column,
+        corpus,
+        max_length,
+        None,
+        feature_column,
     )
     out: dict[str, list[bytes]] = {}
     for lo, chunk in _chunks(dataset, 0, batch_size):

@@ -41,6 +41,25 @@ def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequ
     return h.digest()
 
 
+def _plain_label(label: Any) -> Any:
+    """A label as plain Python (numpy/torch scalars and arrays, tuples -> int/float/list; -0.0 -> 0.0),
+    so ids and batch dtypes do not depend on the dataset's format."""
+    if hasattr(label, "tolist"):
+        label = label.tolist()
+    if isinstance(label, tuple):
+        label = list(label)
+    if isinstance(label, float):
+        return label + 0.0
+    if isinstance(label, list):
+        return [v + 0.0 if isinstance(v, float) else v for v in label]
+    return label
+
+
+def _label_dtype(values: list[Any]) -> torch.dtype:
+    """float32 when any label is a float (regression) or a list (multi-label targets), else long."""
+    return torch.float32 if any(isinstance(v, float | list) for v in values) else torch.long
+
+
 def dense_example_id(features: torch.Tensor, label: Any = None) -> bytes:
     """SHA-256 content hash of a dense example: its shape, its ``float32`` values, its label."""
     x = torch.as_tensor(features, dtype=torch.float32).contiguous()
@@ -106,13 +125,12 @@ class _Examples:
     def settings(self) -> dict[str, Any]:
         return {
             "text_column": None if self.pretokenised or self.feature_column else self.text_column,
-            "feature_column": self.feature_column,
             "label_column": self.label_column,
             "corpus_column": self.corpus_column,
             "corpus": self.corpus,
             "max_length": self.max_length,
             "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
-        }
+        } | ({"feature_column": self.feature_column} if self.feature_column else {})
 
     def _dense_rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
         rows = []
@@ -124,7 +142,7 @@ class _Examples:
                 raise ValueError(
                     f"Example {start + i} has NaN/Inf in `{self.feature_column}`; impute or drop it first."
                 )
-            label = batch[self.label_column][i] if self.label_column else None
+            label = _plain_label(batch[self.label_column][i]) if self.label_column else None
             corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
             rows.append({"features": x, "label": label, "corpus": corpus, "id": dense_example_id(x, label)})
         return rows
@@ -146,9 +164,7 @@ class _Examples:
         for i in range(n):
             ids = input_ids[i]
             tt = list(token_types[i]) if token_types is not None else None
-            label = batch[self.label_column][i] if self.label_column else None
-            if isinstance(label, list | tuple):
-                label = list(label)
+            label = _plain_label(batch[self.label_column][i]) if self.label_column else None
             limit = self.max_length or self.max_positions
             if limit is not None and len(ids) > limit:
                 if self.max_length is None:
@@ -182,7 +198,7 @@ def _collate(
         if len(shapes) != 1:
             raise ValueError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
         values = [r["label"] for r in rows]
-        dtype = torch.float32 if isinstance(values[0], float | list) else torch.long
+        dtype = _label_dtype(values)
         return {feature_column: torch.stack([r["features"] for r in rows]), "labels": torch.tensor(values, dtype=dtype)}
     length = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
@@ -204,7 +220,7 @@ def _collate(
             labels[i, : len(row)] = torch.tensor(row)
     else:
         values = [r["label"] for r in rows]
-        labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float | list) else torch.long)
+        labels = torch.tensor(values, dtype=_label_dtype(values))
     batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
     return batch
 

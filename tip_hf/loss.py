@@ -47,6 +47,13 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
         if labels.is_floating_point() and labels.shape == logits.shape and logits.shape[-1] > 1:
             losses = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(-1)
             return losses, ones
+        if labels.dim() > 1 and labels.numel() == n:  # one label per example, as [N, 1]
+            labels = labels.reshape(n)
+        if labels.shape != (n,):
+            raise ValueError(
+                f"Labels of shape {tuple(labels.shape)} do not fit logits {tuple(logits.shape)}: expected one "
+                f"label per example [{n}] or multi-label targets [{n}, {logits.shape[-1]}]."
+            )
         if logits.shape[-1] == 1:
             return (logits.squeeze(-1) - labels.float()).pow(2), ones
         return F.cross_entropy(logits, labels.long(), reduction="none"), ones

@@ -76,7 +76,13 @@ class GradientSketcher:
                 f"The batch has no `input_ids` (keys: {sorted(batch)}). `causal_lm` needs tokenised examples."
             )
         device = self.device
-        inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k not in ("labels", "label")}
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        inputs: dict[str, torch.Tensor] = {}
+        for key, value in batch.items():
+            if key in ("labels", "label"):
+                continue
+            tensor = torch.as_tensor(value)
+            inputs[key] = tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
         if not inputs:
             raise KeyError(f"The batch has no model inputs (keys: {sorted(batch)}).")
         sizes = {k: v.shape[0] if v.dim() else None for k, v in inputs.items()}
@@ -159,7 +165,8 @@ class GradientSketcher:
         tokens for ``causal_lm`` -- defaults to the input ids; ``[N]`` for classification).
         Without ``input_ids`` (classification only) the batch holds dense inputs, e.g.
         ``{"pixel_values": [N, ...], "labels": [N]}``: each key but ``labels`` is passed to the
-        model by name, and the model returns logits ``[N, C]`` (a tensor or ``.logits``).
+        model by name (so pass only model inputs), floating inputs cast to the model's dtype,
+        and the model returns logits ``[N, C]`` (a tensor or ``.logits``).
 
         Raises:
             NonFiniteGradientError: some example's gradient is NaN/Inf (e.g. fp16 overflow).
