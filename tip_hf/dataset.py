@@ -188,41 +188,53 @@ class _Examples:
             )
         return rows
 
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right-pad a list of examples into a Trainer-style batch (dense ones: stack them)."""
+        feature_column, task = self.feature_column, self.spec.task
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        pad_id = 0 if pad_id is None else int(pad_id)
+        if feature_column is not None:
+            shapes = {tuple(r["features"].shape) for r in rows}
+            if len(shapes) != 1:
+                raise ValueError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
+            values = [r["label"] for r in rows]
+            labels = torch.tensor(values, dtype=_label_dtype(values))
+            return {feature_column: torch.stack([r["features"] for r in rows]), "labels": labels}
+        length = max(len(r["input_ids"]) for r in rows)
+        n = len(rows)
+        input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+        mask = torch.zeros(n, length, dtype=torch.long)
+        batch: dict[str, torch.Tensor] = {}
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        if rows[0]["token_type_ids"] is not None:
+            tt = torch.zeros(n, length, dtype=torch.long)
+            for i, r in enumerate(rows):
+                tt[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"])
+            batch["token_type_ids"] = tt
+        if task == "causal_lm":
+            labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+            for i, r in enumerate(rows):
+                row = r["label"] if r["label"] is not None else r["input_ids"]
+                labels[i, : len(row)] = torch.tensor(row)
+        else:
+            values = [r["label"] for r in rows]
+            labels = torch.tensor(values, dtype=_label_dtype(values))
+        batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
+        return batch
 
-def _collate(
-    rows: list[dict[str, Any]], pad_id: int, task: str, feature_column: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into a Trainer-style batch (dense ones: stack them)."""
-    if feature_column is not None:
-        shapes = {tuple(r["features"].shape) for r in rows}
-        if len(shapes) != 1:
-            raise ValueError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
-        values = [r["label"] for r in rows]
-        dtype = _label_dtype(values)
-        return {feature_column: torch.stack([r["features"] for r in rows]), "labels": torch.tensor(values, dtype=dtype)}
-    length = max(len(r["input_ids"]) for r in rows)
-    n = len(rows)
-    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
-    mask = torch.zeros(n, length, dtype=torch.long)
-    batch: dict[str, torch.Tensor] = {}
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-        mask[i, : len(r["input_ids"])] = 1
-    if rows[0]["token_type_ids"] is not None:
-        tt = torch.zeros(n, length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            tt[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"])
-        batch["token_type_ids"] = tt
-    if task == "causal_lm":
-        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
-        for i, r in enumerate(rows):
-            row = r["label"] if r["label"] is not None else r["input_ids"]
-            labels[i, : len(row)] = torch.tensor(row)
-    else:
-        values = [r["label"] for r in rows]
-        labels = torch.tensor(values, dtype=_label_dtype(values))
-    batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
-    return batch
+
+def _sketch_rows(
+    sketcher: GradientSketcher, examples: _Examples, rows: list[dict[str, Any]], batch_size: int, bar: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sketches ``[n, k]`` (CPU) and ids ``[n, 32]`` of one shard's rows, ``batch_size`` at a time."""
+    parts = []
+    for b in range(0, len(rows), batch_size):
+        batch = rows[b : b + batch_size]
+        parts.append(sketcher.sketch(examples.collate(batch)).cpu())
+        bar.update(len(batch))
+    return torch.cat(parts), torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
 
 
 def _chunks(dataset: Any, start: int, size: int) -> Iterator[tuple[int, dict[str, list[Any]]]]:
@@ -368,20 +380,7 @@ def sketch_dataset(
     rank, world = rank_and_world()
     if world > 1:
         return _sketch_distributed(
-            sketcher,
-            examples,
-            dataset,
-            spec,
-            path,
-            header,
-            total,
-            batch_size,
-            shard_size,
-            tokenizer,
-            overwrite,
-            progress,
-            rank,
-            world,
+            sketcher, examples, dataset, path, header, total, batch_size, shard_size, overwrite, progress, rank, world
         )
     if overwrite and path.exists():
         _remove_store(path)
@@ -389,21 +388,14 @@ def sketch_dataset(
     if writer.manifest["complete"]:
         logger.info("Store %s is already complete; nothing to do.", path)
         return SketchStore(path)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
     start = writer.next_start
     bar = tqdm(total=total, initial=start, unit="ex", desc=f"sketching -> {path.name}", disable=not progress)
     try:
         for lo, chunk in _chunks(dataset, start, shard_size):
             rows = examples.rows(chunk, lo)
-            parts = []
-            for b in range(0, len(rows), batch_size):
-                batch = rows[b : b + batch_size]
-                parts.append(sketcher.sketch(_collate(batch, pad_id, spec.task, examples.feature_column)).cpu())
-                bar.update(len(batch))
-            ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+            sketches, ids = _sketch_rows(sketcher, examples, rows, batch_size, bar)
             codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
-            writer.append(torch.cat(parts), ids, codes)
+            writer.append(sketches, ids, codes)
     finally:
         bar.close()
     if writer.next_start == 0:
@@ -416,13 +408,11 @@ def _sketch_distributed(
     sketcher: GradientSketcher,
     examples: _Examples,
     dataset: Any,
-    spec: ValuationSpec,
     path: Path,
     header: dict[str, Any],
     total: int | None,
     batch_size: int,
     shard_size: int,
-    tokenizer: Any,
     overwrite: bool,
     progress: bool,
     rank: int,
@@ -439,8 +429,6 @@ def _sketch_distributed(
     if manifest["complete"]:
         return SketchStore(path)
     plan = ShardPlan(path, manifest, rank, world, shard_size)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
     map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
     if map_style:
         chunks: Iterator[tuple[int, dict[str, list[Any]]]] = (
@@ -453,13 +441,8 @@ def _sketch_distributed(
     with tqdm(unit="ex", desc=desc, disable=not progress or rank != 0) as bar:
         for lo, chunk in chunks:
             rows = examples.rows(chunk, lo)
-            parts = []
-            for b in range(0, len(rows), batch_size):
-                batch = _collate(rows[b : b + batch_size], pad_id, spec.task, examples.feature_column)
-                parts.append(sketcher.sketch(batch).cpu())
-                bar.update(len(rows[b : b + batch_size]))
-            ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
-            plan.write(lo // shard_size, torch.cat(parts), ids, [r["corpus"] for r in rows], header["fingerprint"])
+            sketches, ids = _sketch_rows(sketcher, examples, rows, batch_size, bar)
+            plan.write(lo // shard_size, sketches, ids, [r["corpus"] for r in rows], header["fingerprint"])
             rows_seen = max(rows_seen, lo + len(rows))
     if total is None:  # a stream's length: the furthest row any rank saw
         seen = torch.tensor([rows_seen], dtype=torch.int64)
@@ -556,14 +539,12 @@ def mean_sketch(
         autocast_dtype,
         feature_column,
     )
-    pad_id = getattr(tokenizer, "pad_token_id", None)
     total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
     size = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
         for lo, chunk in _chunks(dataset, 0, batch_size):
             rows = examples.rows(chunk, lo)
-            batch = _collate(rows, 0 if pad_id is None else int(pad_id), spec.task, examples.feature_column)
-            sketches = sketcher.sketch(batch)
+            sketches = sketcher.sketch(examples.collate(rows))
             total += sketches.double().sum(0).cpu()
             loss_sum += float(sketcher.last_losses.double().sum())
             count += len(rows)
