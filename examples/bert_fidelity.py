@@ -94,10 +94,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
     seconds["seller_sketching"] = time.perf_counter() - clock
     seconds["seller_sketching_per_example"] = seconds["seller_sketching"] / len(store)
     scored = score_privately(bundle.query, store)
-    table = [
-        {"corpus": name, "encrypted_mean": v["mean"], "plaintext_mean": scored.corpus_plain[name]["mean"]}
-        for name, v in sorted(scored.corpus_enc.items(), key=lambda kv: -kv[1]["mean"])
-    ]
+    table = scored.corpus_table()
     result = {
         "experiment": "BERT (real MiniLM-L6, LoRA r=8 on query/value) on movie-review sentiment",
         "quick": quick,

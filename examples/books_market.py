@@ -35,7 +35,7 @@ from gpt2_fidelity import (
     lm_trainer,
     seller_store,
 )
-from market import parser, pyplot, score_privately, seed_everything, spearman, write_json
+from market import parser, pyplot, save_figure, score_privately, seed_everything, spearman, write_json
 from scipy.stats import skew
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle
@@ -205,10 +205,7 @@ def _figure(table: list[dict], stats: dict, path: Path) -> Path:
     b.set_xlabel("books, by decreasing value", fontsize=8)
     b.set_ylabel(f"payout of a {BUDGET:,.0f} budget", fontsize=8)
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main() -> None:

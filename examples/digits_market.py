@@ -27,6 +27,7 @@ from market import (
     parser,
     pearson,
     pyplot,
+    save_figure,
     score_privately,
     seed_everything,
     training_args,
@@ -178,10 +179,7 @@ def _bars(table: list[dict], path: Path) -> Path:
     b.barh(names, [r["eval_loss_drop"] for r in table], color="tab:green")
     b.set_title("realized drop of the digit-3 eval loss", fontsize=9)
     b.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main() -> None:

@@ -162,10 +162,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
     corpora = candidate_corpora(buyer.tokenizer, per_corpus, seed)
     store, sketch_seconds = seller_store(buyer, corpora, work / "store")
     scored = score_privately(buyer.bundle.query, store)
-    table = [
-        {"corpus": name, "encrypted_mean": v["mean"], "plaintext_mean": scored.corpus_plain[name]["mean"]}
-        for name, v in sorted(scored.corpus_enc.items(), key=lambda kv: -kv[1]["mean"])
-    ]
+    table = scored.corpus_table()
     result = {
         "experiment": "GPT-2-shaped LM (real GPT-2 tokenizer) trained on Austen; MLP layers valued",
         "quick": quick,

@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from market import MLPClassifier, parser, pearson, pyplot, seed_everything, spearman, write_json
+from market import MLPClassifier, parser, pearson, pyplot, save_figure, seed_everything, spearman, write_json
 
-from tip_hf import GradientSketcher, ValuationSpec, sketch_dataset
+from tip_hf import GradientSketcher, ValuationSpec, plaintext_values, sketch_dataset
 from tip_hf.assets import clinical_table
 from tip_hf.curvature import CurvatureAccumulator, solve_query
 from tip_hf.dataset import mean_sketch
@@ -198,9 +198,8 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
             decrypted = {str(r["corpus"]): float(r["mean"]) for r in decrypt_scores(result, keys).rows}
             fhe_seconds += time.perf_counter() - clock
             fhe_count += len(store)
-            plain = (store.sketches().double() @ query).numpy()
-            labels = np.array(store.corpus_labels())
-            plain_means = {s: float(plain[labels == s].mean()) for s in sellers}
+            plain = plaintext_values(query, store)
+            plain_means = {s: float(plain[s]["mean"]) for s in sellers}  # type: ignore[arg-type]
             scale = max(abs(v) for v in plain_means.values())
             max_err = max(max_err, *(abs(decrypted[s] - plain_means[s]) / scale for s in sellers))
             scores[method] = {s: decrypted[s] for s in sellers}
@@ -320,10 +319,7 @@ def _figure(points: list[dict], by_steps: dict, path: Path) -> Path:
     ax.set_ylabel("pooled Pearson with realized (95% CI)", fontsize=8)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main() -> None:

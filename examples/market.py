@@ -78,6 +78,13 @@ class Scored:
     corpus_plain: dict[str, dict[str, float]]
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def corpus_table(self) -> list[dict[str, Any]]:
+        """One row per corpus, highest decrypted mean value first, with its plaintext twin."""
+        return [
+            {"corpus": name, "encrypted_mean": v["mean"], "plaintext_mean": self.corpus_plain[name]["mean"]}
+            for name, v in sorted(self.corpus_enc.items(), key=lambda kv: -kv[1]["mean"])
+        ]
+
     def fidelity(self) -> dict[str, float]:
         """Pearson and worst error of encrypted vs plaintext values (per example, per corpus)."""
         names = sorted(self.corpus_enc)
@@ -139,8 +146,7 @@ def score_privately(
         name: {"sum": float(plain[name]["sum"]), "mean": float(plain[name]["mean"])}  # type: ignore[arg-type]
         for name in corpus_enc
     }
-    example_plain = (store.sketches().double() @ query.double().cpu()).numpy()
-    example_enc, labels = np.zeros(0), store.corpus_labels()
+    example_enc = np.zeros(0)
     if per_example:
         clock = time.perf_counter()
         result = score_encrypted(
@@ -152,7 +158,7 @@ def score_privately(
         seconds["decrypt_examples"] = time.perf_counter() - clock
     else:
         seconds["score_examples"] = float("nan")
-    return Scored(example_enc, example_plain, labels, corpus_enc, corpus_plain, seconds)
+    return Scored(example_enc, plain.per_example, plain.corpus, corpus_enc, corpus_plain, seconds)
 
 
 def machine() -> dict[str, Any]:
@@ -196,6 +202,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
 def fidelity_plot(scored: Scored, title: str, path: Path) -> Path:
     """Encrypted vs plaintext per-example values on the diagonal (the picture of Pearson ~ 1)."""
     plt = pyplot()
@@ -208,11 +223,7 @@ def fidelity_plot(scored: Scored, title: str, path: Path) -> Path:
     ax.set_title(f"{title}\nPearson {fid['pearson_examples']:.8f} (n={fid['n_examples']})", fontsize=9)
     ax.set_xlabel("plaintext value")
     ax.set_ylabel("decrypted CKKS value")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -253,10 +264,7 @@ def corpus_bars(table: list[dict], path: Path, xlabel: str, color: str = "tab:bl
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def seed_everything(seed: int) -> None:
