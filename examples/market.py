@@ -137,7 +137,7 @@ def score_privately(
     seconds["encrypt_query"] = time.perf_counter() - clock
     policy = ReleasePolicy(min_examples=1, allow_example_release=True)
     clock = time.perf_counter()
-    by_corpus = score_encrypted(enc_query, store, keys, release="corpus", policy=policy, progress=progress)
+    by_corpus = score_encrypted(enc_query, store, keys.public, release="corpus", policy=policy, progress=progress)
     seconds["score_corpora"] = time.perf_counter() - clock
     table = decrypt_scores(by_corpus, keys)
     corpus_enc = {str(r["corpus"]): {"sum": float(r["sum"]), "mean": float(r["mean"])} for r in table.rows}
@@ -150,7 +150,7 @@ def score_privately(
     if per_example:
         clock = time.perf_counter()
         result = score_encrypted(
-            enc_query, store, keys, release="example", policy=policy, workers=workers, progress=progress
+            enc_query, store, keys.public, release="example", policy=policy, workers=workers, progress=progress
         )
         seconds["score_examples"] = time.perf_counter() - clock
         clock = time.perf_counter()

@@ -53,7 +53,8 @@ def main() -> None:
     keys = BuyerKeys.generate()
     rng = np.random.default_rng(0)
     print(
-        f"CKKS N=8192 {list(keys.public.params.coeff_mod_bit_sizes)}, scale 2^{keys.public.params.scale_bits}; "
+        f"CKKS N=8192 {list(keys.public.params.coeff_mod_bit_sizes)}, scales 2^{keys.public.params.query_scale_bits}"
+        f" x 2^{keys.public.params.plain_scale_bits} (no rescale), 40-bit flooding; "
         f"one process; public context {len(keys.public.to_message().to_bytes()) / 1e6:.2f} MB\n"
     )
     header = (

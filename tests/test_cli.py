@@ -136,6 +136,10 @@ def market(tmp_path_factory):
         "public_context.tip",
         "--min-examples",
         "2",
+        "--buyer",
+        "acme",
+        "--ledger",
+        "ledger.json",
         "-o",
         "scores.tip",
         cwd=seller,
@@ -148,59 +152,45 @@ def market(tmp_path_factory):
 
 
 def test_cli_flow_decrypts_to_the_plaintext_reference(market):
+    """The default `tip score` is DP: every corpus sum is the clipped plaintext sum plus noise of
+    the stated size; the ledger counts the answer for the buyer's name and never leaves the seller."""
     buyer, seller = market["buyer"], market["seller"]
     values = json.loads((buyer / "values.json").read_text())
-    reference = plaintext_values(load_bundle(buyer / "bundle").query, SketchStore(seller / "store"))
+    assert values["dp"]["epsilon"] == pytest.approx(2.0, rel=1e-3)
+    clip = values["dp"]["clip_norm"]
+    reference = plaintext_values(load_bundle(buyer / "bundle").query, SketchStore(seller / "store"), clip_norm=clip)
     assert {r["corpus"] for r in values["rows"]} == {"clean", "flipped", "more"}
-    scale = max(abs(r["sum"]) for r in reference.corpora)
     for row in values["rows"]:
         ref = reference[row["corpus"]]
         assert row["count"] == ref["count"]
-        assert row["sum"] == pytest.approx(ref["sum"], abs=1e-6 * scale)
-        assert row["mean"] == pytest.approx(ref["mean"], abs=1e-6 * scale)
-    payouts = values["payouts"]["value_proportional"]
+        assert abs(row["sum"] - ref["sum"]) <= 6 * row["noise_std"]
+        assert row["mean"] == pytest.approx(row["sum"] / row["count"])
+    payouts = values["payouts"]["tiers"]
     assert sum(payouts.values()) == pytest.approx(100.0) or all(v == 0 for v in payouts.values())
     assert "flat rate" in market["reveal"].stdout
+    ledger = json.loads((seller / "ledger.json").read_text())
+    assert ledger["queries"] == {"acme": 1} and set(ledger["dp_versions"]) == {"clean", "flipped", "more"}
+    scores = (seller / "scores.tip").read_bytes()
+    assert b"ledger.json" not in scores and b"acme" not in scores and str(seller).encode() not in scores
+    assert (seller / "scores.opening.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_cli_verify_and_report(market):
     buyer, seller = market["buyer"], market["seller"]
-    # the buyer receives the data it bought and checks it against the commitment
+    # at delivery the seller opens the bought corpora's commitments; the buyer checks ids and values
+    tip("open", "--opening", "scores.opening.json", "--corpus", "clean", "--corpus", "flipped", "--corpus", "more",
+        "-o", "delivery-opening.json", cwd=seller)  # fmt: skip
+    shutil.copy(seller / "delivery-opening.json", buyer / "delivery-opening.json")
     shutil.copy(seller / "corpora.jsonl", buyer / "delivered.jsonl")
-    ok = tip(
-        "verify",
-        "--scores",
-        "scores.tip",
-        "--dataset",
-        "delivered.jsonl",
-        "--model",
-        "model",
-        "--spec",
-        "bundle/spec.json",
-        "--corpus-column",
-        "corpus",
-        cwd=buyer,
-    )
-    assert ok.stdout.count("matches the commitment") == 3
+    common = ["--scores", "scores.tip", "--opening", "delivery-opening.json", "--model", "model", "--bundle", "bundle",
+              "--keys", "keys", "--corpus-column", "corpus"]  # fmt: skip
+    ok = tip("verify", "--dataset", "delivered.jsonl", *common, cwd=buyer)
+    assert ok.stdout.count("ids match the commitment") == 3 and ok.stdout.count(": ok") == 3, ok.stdout
     swapped = [dict(r, text=r["text"] + " extra") if i == 0 else r for i, r in enumerate(market["rows"])]
     with open(buyer / "tampered.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in swapped)
-    bad = tip(
-        "verify",
-        "--scores",
-        "scores.tip",
-        "--dataset",
-        "tampered.jsonl",
-        "--model",
-        "model",
-        "--spec",
-        "bundle/spec.json",
-        "--corpus-column",
-        "corpus",
-        cwd=buyer,
-        check=False,
-    )
-    assert bad.returncode == 1 and "clean" in bad.stdout and "DOES NOT MATCH" in bad.stdout
+    bad = tip("verify", "--dataset", "tampered.jsonl", *common, cwd=buyer, check=False)
+    assert bad.returncode == 1 and "clean" in bad.stdout and "DO NOT MATCH" in bad.stdout
     tip("report", "bundle", str(seller / "store"), "values.json", "-o", "report", cwd=buyer)
     assert (buyer / "report" / "report.md").read_text().count("##") == 3
     assert (buyer / "report" / "values-values.png").stat().st_size > 1000

@@ -8,7 +8,9 @@ The buyer and the seller run on different machines and exchange only files:
     seller: tip sketch --model M --spec spec.json --dataset D -o store/
     seller: tip score --store store --query query.tip --context public_context.tip -o scores.tip
     buyer : tip reveal --scores scores.tip --keys keys [--budget 1000]
-    buyer : tip verify --scores scores.tip --dataset delivered/ --model M --spec spec.json
+    seller: tip open --opening scores.opening.json --corpus BOUGHT -o delivery-opening.json
+    buyer : tip verify --scores scores.tip --opening delivery-opening.json --dataset delivered/
+                       --model M --bundle bundle --keys keys
 
 Exit codes: 0 success, 1 bad input or a refused operation (one-line message naming the
 problem and the fix), 2 bad command-line usage.
@@ -207,6 +209,12 @@ def query(
     typer.echo(f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}) written to {out}")
 
 
+class Payout(str, Enum):
+    proportional = "proportional"
+    tiers = "tiers"
+    noised = "noised"
+
+
 @app.command()
 @_friendly("reveal")
 def reveal(
@@ -215,15 +223,26 @@ def reveal(
     budget: Annotated[
         float | None, typer.Option(help="Split this budget by value (and, for comparison, flat).")
     ] = None,
+    payout: Annotated[
+        Payout,
+        typer.Option(
+            help="How payouts follow values. Exact value-proportional payouts let a seller solve for your "
+            "query; 'tiers' (4 price tiers by rank) or 'noised' leak far less (docs/threat-model.md)."
+        ),
+    ] = Payout.tiers,
     out: Annotated[Path, typer.Option("--out", "-o", help="Values as JSON.")] = Path("values.json"),
 ) -> None:
     """Buyer: decrypt the seller's scores, rank corpora, optionally price them."""
+    import math
+
     from .he import BuyerKeys, decrypt_scores
-    from .pricing import flat_rate_payouts, gini, value_proportional_payouts
+    from .pricing import flat_rate_payouts, gini, noised_payouts, tiered_payouts, value_proportional_payouts
 
     _need(scores, "scores file", "the seller's `tip score` writes it")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--budget must be a positive amount, got {budget}.")
     table = decrypt_scores(scores, BuyerKeys.load(_need(keys, "keys directory", "the buyer's `tip keygen`")))
-    payload: dict[str, Any] = {"release": table.release, "commitment": table.commitment}
+    payload: dict[str, Any] = {"release": table.release, "commitment": table.commitment, "dp": table.dp}
     if table.release == "example":
         assert table.values is not None
         payload["values"] = table.values.tolist()
@@ -234,19 +253,19 @@ def reveal(
         typer.echo(str(table))
         if budget is not None:
             released = [r for r in table.rows if r["released"]]
-            by_value = value_proportional_payouts({str(r["corpus"]): float(r["sum"]) for r in released}, budget)
+            values = {str(r["corpus"]): float(r["sum"]) for r in released}
+            pay = {
+                Payout.proportional: lambda: value_proportional_payouts(values, budget),
+                Payout.tiers: lambda: tiered_payouts(values, budget),
+                Payout.noised: lambda: noised_payouts(values, budget),
+            }[payout]()
             flat = flat_rate_payouts({str(r["corpus"]): int(r["count"]) for r in released}, budget)
-            payload["payouts"] = {"value_proportional": by_value, "flat_rate": flat}
-            payload["gini"] = {
-                "value_proportional": gini(list(by_value.values())),
-                "flat_rate": gini(list(flat.values())),
-            }
-            typer.echo(f"\n{'corpus':<28}{'by value':>12}{'flat rate':>12}")
-            for name in by_value:
-                typer.echo(f"{name:<28}{by_value[name]:>12.2f}{flat[name]:>12.2f}")
-            typer.echo(
-                f"{'Gini':<28}{payload['gini']['value_proportional']:>12.3f}{payload['gini']['flat_rate']:>12.3f}"
-            )
+            payload["payouts"] = {payout.value: pay, "flat_rate": flat}
+            payload["gini"] = {payout.value: gini(list(pay.values())), "flat_rate": gini(list(flat.values()))}
+            typer.echo(f"\n{'corpus':<28}{payout.value:>14}{'flat rate':>12}")
+            for name in pay:
+                typer.echo(f"{name:<28}{pay[name]:>14.2f}{flat[name]:>12.2f}")
+            typer.echo(f"{'Gini':<28}{payload['gini'][payout.value]:>14.3f}{payload['gini']['flat_rate']:>12.3f}")
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     typer.echo(f"\nvalues written to {out}")
 
@@ -254,10 +273,12 @@ def reveal(
 @app.command()
 @_friendly("verify")
 def verify(
-    scores: Annotated[Path, typer.Option(help="The result file whose commitment to check against.")],
+    scores: Annotated[Path, typer.Option(help="The result file whose values and commitment to check against.")],
+    opening: Annotated[Path, typer.Option(help="The seller's opening of the bought corpora (tip open).")],
     dataset: DatasetArg,
-    model: Annotated[str, typer.Option(help="Model (dir or Hub id) whose tokenizer the seller used.")],
-    spec: Annotated[Path, typer.Option(help="The spec.json the store was made with.")],
+    model: Annotated[str, typer.Option(help="Your model (the one the seller sketched with).")],
+    bundle: Annotated[Path, typer.Option(help="Your bundle (spec.json + query) the query was made from.")],
+    keys: Annotated[Path, typer.Option(help="Your keys (to decrypt the scores).")],
     config: ConfigArg = None,
     split: SplitArg = "train",
     text_column: TextArg = "text",
@@ -265,32 +286,107 @@ def verify(
     corpus_column: CorpusColArg = None,
     corpus: CorpusArg = None,
     max_length: MaxLenArg = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per backward pass when re-sketching.")] = 16,
 ) -> None:
-    """Buyer, after purchase: does the delivered data hold exactly the examples that were scored?"""
-    import transformers
+    """Buyer, after purchase: is the delivered data what was scored? Checks (1) the example ids
+    against the seller's salted commitment and (2) the values, re-sketched with your model,
+    spec and query, against the decrypted ones (within the release noise); flags near-duplicates."""
+    import tempfile
 
+    from .bundle import load_bundle
     from .data import example_ids_by_corpus, load_corpus
-    from .he import verify_commitment
+    from .dataset import sketch_dataset
+    from .he import BuyerKeys, decrypt_scores, verify_commitment, verify_values
+    from .store import SketchStore
+    from .values import plaintext_values
 
     _need(scores, "scores file", "the seller's `tip score` writes it")
-    valuation_spec, _ = _read_spec(spec)
+    _need(opening, "opening file", "the seller sends it at delivery (`tip open`)")
+    b = load_bundle(_need(bundle, "bundle directory", "the bundle your TIPCallback wrote"))
+    table = decrypt_scores(scores, BuyerKeys.load(_need(keys, "keys directory", "your `tip keygen` directory")))
+    try:
+        opened = json.loads(opening.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"'{opening}' is not an opening file ({err}).") from None
     data = load_corpus(dataset, config=config, split=split)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    ids = example_ids_by_corpus(
-        data,
-        valuation_spec,
-        tokenizer=tokenizer,
-        text_column=text_column,
-        label_column=label_column,
-        corpus_column=_corpus_column(data, corpus_column, corpus),
-        corpus=corpus,
-        max_length=max_length,
-    )
-    verdict = verify_commitment(scores, ids)
-    for name, ok in verdict.items():
-        typer.echo(f"{name:<28}{'matches the commitment' if ok else 'DOES NOT MATCH the commitment'}")
-    if not all(verdict.values()):
+    net, tokenizer = _load_model(model, b.spec.task)
+    columns = {
+        "text_column": text_column,
+        "label_column": label_column,
+        "corpus_column": _corpus_column(data, corpus_column, corpus),
+        "corpus": corpus,
+        "max_length": max_length,
+    }
+    ids = example_ids_by_corpus(data, b.spec, tokenizer=tokenizer, **columns)
+    released = [str(r["corpus"]) for r in table.rows if r["released"]]
+    if corpus is None and columns["corpus_column"] is None and len(ids) == 1 and len(released) == 1:
+        ids = {released[0]: next(iter(ids.values()))}  # one delivered corpus, one released: it is that one
+    committed = verify_commitment(scores, ids, opened)
+    with tempfile.TemporaryDirectory(prefix="tip-verify-") as tmp:
+        store = sketch_dataset(
+            net,
+            data,
+            b.spec,
+            Path(tmp) / "store",
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            progress=False,
+            fingerprint=b.fingerprint,
+            **columns,
+        )
+        values = plaintext_values(b.query, SketchStore(store.path), clip_norm=table.clip_norm)
+    recomputed = {name: float(values[name]["sum"]) for name in values.as_dict()}
+    if set(recomputed) != set(ids):
+        recomputed = {name: recomputed[next(iter(recomputed))] for name in ids}  # the single-corpus rename
+    checked = verify_values(table, recomputed)
+    flags = _near_duplicate_flags(data, columns["text_column"], ids)
+    ok = True
+    for name in ids:
+        good = committed[name] and checked[name]["ok"]
+        ok &= bool(good)
+        typer.echo(
+            f"{name:<24} ids {'match' if committed[name] else 'DO NOT MATCH'} the commitment; value "
+            f"{checked[name]['recomputed']:.6g} vs decrypted {checked[name]['decrypted']:.6g} "
+            f"(tolerance {checked[name]['tolerance']:.2g}): {'ok' if checked[name]['ok'] else 'DOES NOT MATCH'}"
+            f"{flags.get(name, '')}"
+        )
+    if not ok:
         raise typer.Exit(1)
+
+
+def _near_duplicate_flags(data: Any, text_column: str, ids: dict[str, list[bytes]]) -> dict[str, str]:
+    """One note per delivered corpus with near-duplicate clusters (text data only)."""
+    from .dataset import _columns
+
+    if text_column not in _columns(data) or len(ids) != 1:
+        return {}
+    from .near_duplicates import near_duplicate_clusters
+
+    clusters = near_duplicate_clusters([str(t) for t in data[text_column]])
+    if not clusters:
+        return {}
+    inside = sum(len(c) for c in clusters)
+    name = next(iter(ids))
+    return {name: f"; WARNING {len(clusters)} near-duplicate clusters hold {inside} of {len(data)} rows"}
+
+
+@app.command("open")
+@_friendly("open")
+def open_commitments(
+    opening: Annotated[Path, typer.Option(help="The opening file `tip score` wrote (keep it private).")],
+    corpus: Annotated[list[str], typer.Option("--corpus", help="A corpus the buyer bought (repeat).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Opening to send with the delivery.")] = Path(
+        "delivery-opening.json"
+    ),
+) -> None:
+    """Seller, at delivery: reveal the commitment salts of the bought corpora only."""
+    data = json.loads(_need(opening, "opening file", "`tip score` writes it next to the scores").read_text())
+    salts = data.get("salts", {}) if isinstance(data, dict) else {}
+    missing = [c for c in corpus if c not in salts]
+    if missing:
+        raise ValueError(f"No commitment for {missing} in '{opening}'; released corpora: {sorted(salts)}.")
+    out.write_text(json.dumps({**data, "salts": {c: salts[c] for c in corpus}}, indent=1) + "\n")
+    typer.echo(f"opening of {len(corpus)} corpora written to {out} (send it with the delivered data)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,38 +454,68 @@ def score(
     query_file: Annotated[Path, typer.Option("--query", help="The buyer's encrypted query.")],
     context: Annotated[Path, typer.Option(help="The buyer's public_context.tip.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Encrypted result to send back.")] = Path("scores.tip"),
+    opening: Annotated[
+        Path | None, typer.Option(help="Where the commitment salts go (private; default: OUT's name + .opening.json).")
+    ] = None,
+    buyer: Annotated[str | None, typer.Option(help="Your name for this buyer (budgets are kept per name).")] = None,
     release: Annotated[Release, typer.Option(help="Release per corpus or per example.")] = Release.corpus,
     min_examples: Annotated[int, typer.Option(help="Withhold corpora with fewer distinct examples.")] = 10,
-    allow_example_release: Annotated[bool, typer.Option(help="Permit --release example.")] = False,
-    noise_multiplier: Annotated[float | None, typer.Option(help="Gaussian DP noise (needs --clip-norm).")] = None,
-    clip_norm: Annotated[float | None, typer.Option(help="Clip each sketch to this L2 norm.")] = None,
+    epsilon: Annotated[float, typer.Option(help="Differential privacy per example (input perturbation).")] = 2.0,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Release without differential privacy.")] = False,
+    delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-6,
+    clip_norm: Annotated[
+        float | None, typer.Option(help="Clip each sketch to this L2 norm (default with DP: chosen privately).")
+    ] = None,
+    flood_bits: Annotated[int, typer.Option(help="Statistical security of the noise flooding (bits).")] = 40,
+    allow_example_release: Annotated[bool, typer.Option(help="Permit --release example (needs --no-dp).")] = False,
+    allow_exact_sketches: Annotated[bool, typer.Option(help="Score sketches as long as the gradient.")] = False,
     max_queries: Annotated[int | None, typer.Option(help="Answer at most this many queries per buyer.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="JSON file counting answered queries.")] = None,
+    max_epsilon: Annotated[float | None, typer.Option(help="Cap the epsilon composed over corpus versions.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="Your ledger file (queries per buyer, DP versions).")] = None,
     workers: Annotated[int, typer.Option(help="Processes for per-example scoring.")] = 1,
 ) -> None:
-    """Seller: score the store under the buyer's key. Default policy: aggregates of >= 10
-    distinct examples, no per-example values. Under `accelerate launch -m tip_hf.cli score`,
-    per-example blocks are spread over the processes."""
+    """Seller: score the store under the buyer's key. Default: aggregates of >= 10 distinct
+    examples, differential privacy at epsilon 2 per example, no per-example values. Under
+    `accelerate launch -m tip_hf.cli score`, per-example blocks are spread over the processes."""
+    import os
+
     from .he import ReleasePolicy, score_encrypted
     from .store import SketchStore
 
     _need(store / "manifest.json", "store manifest", "run `tip sketch` first; an interrupted run resumes")
     _need(query_file, "query file", "the buyer's `tip query` writes it")
     _need(context, "public context", "the buyer's `tip keygen` writes public_context.tip")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}.")
     policy = ReleasePolicy(
         min_examples=min_examples,
         allow_example_release=allow_example_release,
-        noise_multiplier=noise_multiplier,
+        epsilon=None if no_dp else epsilon,
+        delta=delta,
         clip_norm=clip_norm,
+        flood_bits=flood_bits,
         max_queries=max_queries,
+        max_epsilon=max_epsilon,
         ledger=None if ledger is None else str(ledger),
+        allow_exact_sketches=allow_exact_sketches,
     )
     _, main = _device_and_main()
-    result = score_encrypted(query_file, SketchStore(store), context, release.value, policy, workers=workers)
+    result = score_encrypted(
+        query_file, SketchStore(store), context, release.value, policy, buyer=buyer, workers=workers
+    )
     if not main:
         return
     result.save(out)
-    typer.echo(f"encrypted scores written to {out} (commitment root {result.header['commitment']['root'][:16]}...)")
+    opening = opening or out.with_name(out.stem + ".opening.json")
+    fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(result.opening_for(), handle, indent=1)
+    typer.echo(f"encrypted scores written to {out}; commitment salts (private until delivery) to {opening}")
+    if result.dp:
+        typer.echo(
+            f"differential privacy: epsilon {result.dp['epsilon']:.3g}, delta {result.dp['delta']:.1g} per example "
+            f"and corpus version (clip {result.dp['clip_norm']:.3g}); answers are post-processing of it"
+        )
 
 
 # ---------------------------------------------------------------------------------------

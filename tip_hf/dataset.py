@@ -22,16 +22,30 @@ from .sketcher import GradientSketcher, _max_positions
 from .spec import ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter
 
-__all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset"]
+__all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset", "text_example_id"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = "all"
 
 
+IDS_VERSION = "raw/2"  # ids hash the raw example (text or all tokens/features, label), never truncated tokens
+
+
+def text_example_id(text: str, label: Any = None) -> bytes:
+    """SHA-256 content hash (32 bytes) of a raw text example: its exact UTF-8 text (before any
+    tokenisation or truncation, so case, accents and text past ``max_length`` count) and its
+    label. What the seller commits to and the buyer checks a delivery with."""
+    h = hashlib.sha256(b"tip_hf-text-example/2")
+    h.update(b"text" + len(text.encode()).to_bytes(8, "little") + text.encode())
+    if label is not None:
+        h.update(b"label" + repr(label if not isinstance(label, list) else [int(x) for x in label]).encode())
+    return h.digest()
+
+
 def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequence[int] | None = None) -> bytes:
-    """SHA-256 content hash (32 bytes) of what an example's sketch is computed from: its
-    token ids, its label (class id or label token ids) and token type ids, if any."""
+    """SHA-256 content hash (32 bytes) of a pre-tokenised example: *all* its token ids (before
+    truncation), its label (class id or label token ids) and token type ids, if any."""
     h = hashlib.sha256(b"tip_hf-example/1")
     h.update(b"ids" + torch.tensor(list(input_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
     if token_type_ids is not None:
@@ -130,6 +144,7 @@ class _Examples:
             "corpus": self.corpus,
             "max_length": self.max_length,
             "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
+            "ids": IDS_VERSION,
         } | ({"feature_column": self.feature_column} if self.feature_column else {})
 
     def _dense_rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
@@ -165,6 +180,7 @@ class _Examples:
             ids = input_ids[i]
             tt = list(token_types[i]) if token_types is not None else None
             label = _plain_label(batch[self.label_column][i]) if self.label_column else None
+            raw_id = example_id(ids, label, tt) if self.pretokenised else text_example_id(texts[i], label)
             limit = self.max_length or self.max_positions
             if limit is not None and len(ids) > limit:
                 if self.max_length is None:
@@ -177,15 +193,7 @@ class _Examples:
             if len(ids) == 0:
                 raise ValueError(f"Example {start + i} has no tokens; remove empty rows from the dataset.")
             corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
-            rows.append(
-                {
-                    "input_ids": ids,
-                    "token_type_ids": tt,
-                    "label": label,
-                    "corpus": corpus,
-                    "id": example_id(ids, label, tt),
-                }
-            )
+            rows.append({"input_ids": ids, "token_type_ids": tt, "label": label, "corpus": corpus, "id": raw_id})
         return rows
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -56,6 +56,7 @@ class DemoConfig:
     realized_repeats: int = 2
     realized_optim: str = "adamw_torch"
     realized_trains: str = "all"
+    epsilon: float | None = 2.0  # the seller's DP (tip score's default); None: no DP
     progress: bool = True
 
     def sizes(self) -> tuple[int, int, int]:
@@ -69,6 +70,8 @@ class DemoResult:
     spearman: float
     pearson: float
     eval_loss_before: float
+    spearman_noiseless: float = float("nan")  # the same ranking without DP noise or clipping
+    dp: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: str = ""
 
@@ -300,14 +303,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
         exchange / "query.tip",
         store,
         exchange / "public_context.tip",
-        policy=ReleasePolicy.conservative(),
+        policy=ReleasePolicy.conservative(epsilon=config.epsilon),
         progress=config.progress,
     ).save(exchange / "scores.tip")
     lap("encrypted scoring")
 
     # ---- buyer: decrypt -----------------------------------------------------------------
     table = decrypt_scores(exchange / "scores.tip", BuyerKeys.load(buyer / "keys"))
-    plain = plaintext_values(bundle.query, store)
+    plain = plaintext_values(bundle.query, store)  # noiseless, unclipped: what DP and clipping cost
+    released = plaintext_values(bundle.query, store, clip_norm=table.clip_norm)  # what was scored, before DP noise
     lap("decryption")
 
     # ---- realized check: fine-tune on each corpus, measure the eval-loss drop ------------
@@ -345,7 +349,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 "distinct": int(row["distinct"]),  # type: ignore[arg-type]
                 "value_mean": float(row["mean"]),  # type: ignore[arg-type]
                 "value_sum": float(row["sum"]),  # type: ignore[arg-type]
-                "plaintext_mean": float(plain[name]["mean"]),  # type: ignore[arg-type]
+                "plaintext_mean": float(released[name]["mean"]),  # type: ignore[arg-type]
+                "noiseless_mean": float(plain[name]["mean"]),  # type: ignore[arg-type]
+                "noise_std_mean": float(row["noise_std"]) / int(row["count"]),  # type: ignore[arg-type]
                 "realized_eval_loss_drop": realized[name],
             }
         )
@@ -357,6 +363,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result = DemoResult(
         rows=rows_out,
         spearman=float(spearmanr(values, drops)[0]),
+        spearman_noiseless=float(spearmanr([r["noiseless_mean"] for r in rows_out], drops)[0]),
+        dp=table.dp,
         pearson=float(pearsonr(values, drops)[0]),
         eval_loss_before=eval_before,
         seconds={**seconds, "total": round(time.perf_counter() - start, 2)},

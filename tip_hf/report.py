@@ -95,6 +95,15 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
         for r in rows
     ]
     max_err = max(abs(r["value_mean"] - r["plaintext_mean"]) for r in rows)
+    if result.dp:
+        privacy = (
+            f"Differential privacy (seller's default): epsilon {result.dp['epsilon']:.3g}, delta "
+            f"{result.dp['delta']:.1g} per example; noise std per value/example up to "
+            f"{max(r.get('noise_std_mean', 0.0) for r in rows):.3g}. Without DP noise and clipping the "
+            f"ranking would give Spearman {result.spearman_noiseless:.3f}."
+        )
+    else:
+        privacy = "No differential privacy (the seller turned it off)."
     timing = markdown_table([{"step": k, "seconds": v} for k, v in result.seconds.items()])
     text = f"""# tip demo report
 
@@ -104,12 +113,12 @@ k = {summary.get("proj_dim")} sketches of `{", ".join(config.targets)}`; precond
 `{summary.get("preconditioner")}`, lambda {summary.get("damping_lambda", float("nan")):.3g}; eval loss
 {result.eval_loss_before:.4f} on {summary.get("n_eval_examples")} held-out sentences.
 Seller: {len(rows)} corpora, scored under the buyer's CKKS key (release policy: aggregates of
->= 10 distinct examples, no per-example values). Realized: the buyer's model fine-tuned on each
+>= 10 distinct examples, no per-example values). {privacy} Realized: the buyer's model fine-tuned on each
 corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, all weights), eval-loss drop
 measured and averaged over {config.realized_repeats} training seeds.
 
 **Rank agreement, predicted vs realized: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}.**
-Encrypted vs plaintext: max |difference| {max_err:.2e}.
+Encrypted vs the plaintext of what was scored: max |difference| {max_err:.2e} (DP noise + CKKS flooding).
 
 {markdown_table(table)}
 

@@ -45,16 +45,20 @@ class Values(CorpusRows):
         return self.corpora
 
 
-def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore) -> Values:
+def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, clip_norm: float | None = None) -> Values:
     """Per-example and per-corpus values of ``query`` (``[k]``) over a store, in float64,
-    streaming shard by shard; exactly what the encrypted per-corpus release computes."""
+    streaming shard by shard; exactly what the encrypted per-corpus release computes (before
+    its DP noise), with every sketch clipped to ``clip_norm`` if given, as the seller did."""
     q = torch.as_tensor(np.asarray(query), dtype=torch.float64).reshape(-1)
     if q.numel() != store.proj_dim:
         raise ValueError(f"The query has {q.numel()} entries; the store's sketches have {store.proj_dim}.")
     names = store.corpora
     parts, codes, ids = [], [], []
     for shard in store.shards():
-        parts.append((shard.sketches.double() @ q).numpy())
+        sketches = shard.sketches.double()
+        if clip_norm is not None:
+            sketches = sketches * (clip_norm / sketches.norm(dim=1, keepdim=True).clamp(min=1e-300)).clamp(max=1.0)
+        parts.append((sketches @ q).numpy())
         codes.append(shard.corpus.numpy())
         ids.extend(example.tobytes() for example in shard.ids.numpy())
     values = np.concatenate(parts) if parts else np.zeros(0)

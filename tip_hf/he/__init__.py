@@ -1,32 +1,41 @@
-"""CKKS side of TIP: buyer keys, encrypted query, seller scoring, buyer decryption."""
+"""CKKS side of TIP, split by party.
 
-from .keys import BuyerKeys, PublicContext
+- buyer: :mod:`.keys` (``BuyerKeys``), :mod:`.query` (``encrypt_query``), :mod:`.results`
+  (``decrypt_scores``, ``verify_commitment``, ``verify_values``);
+- seller: :mod:`.policy` (``ReleasePolicy``, ``SellerLedger``), :mod:`.dp` (noised corpus
+  sums), :mod:`.scoring` (``score_encrypted``);
+- the CKKS kernel both sides rely on: :mod:`.kernel` (the only code that touches the
+  buyer's ciphertexts), :mod:`.params`, :mod:`.seal`, :mod:`.messages`.
+"""
+
+from .keys import BuyerKeys, KeyFileError, PublicContext
 from .messages import Message, MessageError
-from .params import PRESETS, CKKSParams
-from .scoring import (
-    EncryptedQuery,
-    PolicyError,
-    ReleasePolicy,
-    ScoreTable,
-    decrypt_scores,
-    encrypt_query,
-    score_encrypted,
-    verify_commitment,
-)
+from .params import PRESETS, CKKSParams, ParamsError
+from .policy import DEFAULT_EPSILON, PolicyError, ReleasePolicy, SellerLedger
+from .query import EncryptedQuery, encrypt_query
+from .results import ScoreTable, VerificationError, decrypt_scores, verify_commitment, verify_values
+from .scoring import ScoredResult, score_encrypted
 
 __all__ = [
+    "DEFAULT_EPSILON",
     "PRESETS",
     "BuyerKeys",
     "CKKSParams",
     "EncryptedQuery",
+    "KeyFileError",
     "Message",
     "MessageError",
+    "ParamsError",
     "PolicyError",
     "PublicContext",
     "ReleasePolicy",
     "ScoreTable",
+    "ScoredResult",
+    "SellerLedger",
+    "VerificationError",
     "decrypt_scores",
     "encrypt_query",
     "score_encrypted",
     "verify_commitment",
+    "verify_values",
 ]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tenseal.sealapi as seal
 
+from ..errors import TIPError
 from . import seal as S
 from .messages import Message, MessageError, read_message
-from .params import CKKSParams, get_preset
+from .params import CKKSParams, ParamsError, get_preset
 
-__all__ = ["PublicContext", "BuyerKeys"]
+__all__ = ["PublicContext", "BuyerKeys", "KeyFileError"]
 
 PUBLIC_KIND = "tip_hf.public_context"
 SECRET_KIND = "tip_hf.secret_key"
@@ -27,7 +29,9 @@ QUERIES_FILE = "queries.json"
 class PublicContext:
     """Parameters, public key and the one Galois key (complex conjugation) the seller needs.
 
-    ``hash`` (SHA-256 over the three) binds queries and results to this context."""
+    ``hash`` (SHA-256 over the three) binds queries and results to this context. It names
+    the *key*, not the buyer: a buyer can mint any number of contexts, so nothing the seller
+    counts (query budgets, DP versions) is keyed by it (:class:`tip_hf.he.SellerLedger`)."""
 
     params: CKKSParams
     context: seal.SEALContext
@@ -54,20 +58,24 @@ class PublicContext:
 
     @classmethod
     def load(cls, source: bytes | str | os.PathLike[str] | Message) -> PublicContext:
-        """Load and validate: SEAL checks every key against the parameters; 128-bit enforced."""
+        """Load and validate: SEAL checks every key against the parameters; 128-bit enforced.
+        Anything malformed raises a one-line :class:`MessageError`."""
         msg = read_message(source, PUBLIC_KIND)
-        params = CKKSParams.from_dict(msg.header["params"])  # refuses sub-128-bit parameters
+        try:
+            params = CKKSParams.from_dict(msg.header.get("params"))  # refuses sub-128-bit parameters
+        except ParamsError as e:
+            raise MessageError(f"The public context's parameters are refused: {e}") from None
         if len(msg.blobs) != 3:
             raise MessageError(f"A public context has 3 parts (parms, public key, Galois key), got {len(msg.blobs)}.")
         parms_blob, pk_blob, gk_blob = msg.blobs
         if parms_blob != S.parms_bytes(params):
-            raise MessageError("The public context's SEAL parameters do not match its declared preset.")
+            raise MessageError("The public context's SEAL parameters do not match its declared parameters.")
         context = S.make_context(params)
         try:
             public_key = S.load(seal.PublicKey, context, pk_blob)
             galois_keys = S.load(seal.GaloisKeys, context, gk_blob)
-        except (RuntimeError, ValueError) as e:
-            raise MessageError(f"The public context's keys do not load for these parameters: {e}") from e
+        except S.SealLoadError as e:
+            raise MessageError(f"The public context's keys do not load for these parameters: {e}") from None
         if not (seal.is_valid_for(public_key, context) and seal.is_valid_for(galois_keys, context)):
             raise MessageError("The public context's keys are not valid for its parameters.")
         out = cls(params, context, public_key, galois_keys, (parms_blob, pk_blob, gk_blob))
@@ -81,7 +89,8 @@ class PublicContext:
 @dataclass
 class BuyerKeys:
     """The buyer's key pair. The secret key never leaves the buyer: :meth:`save` writes it to
-    its own file with mode 0600, and :attr:`public` (what the seller gets) does not hold it.
+    its own new file (mode 0600, never over an existing one, never through a symlink, never
+    via a temporary file), and :attr:`public` (what the seller gets) does not hold it.
 
     ``query_exponents`` records, per query id, the power of two the query was divided by
     before encryption, so decryption can restore the true scale (buyer-private)."""
@@ -92,26 +101,10 @@ class BuyerKeys:
     directory: Path | None = None
 
     @classmethod
-    def generate(
-        cls,
-        preset: str | CKKSParams = "n8192",
-        *,
-        poly_modulus_degree: int | None = None,
-        coeff_mod_bit_sizes: list[int] | tuple[int, ...] | None = None,
-        scale_bits: int | None = None,
-    ) -> BuyerKeys:
-        """New keys for a named preset (``"n8192"`` default, ``"n16384"``), a
-        :class:`CKKSParams`, or explicit overrides of the preset's fields. Parameters below
-        128-bit security (HE Standard) raise ``ValueError`` saying why."""
+    def generate(cls, preset: str | CKKSParams = "n8192") -> BuyerKeys:
+        """New keys for a named preset (``"n8192"`` default, ``"n16384"``) or a
+        :class:`CKKSParams`; parameters below 128-bit security raise ``ParamsError`` saying why."""
         params = get_preset(preset) if isinstance(preset, str) else preset
-        if poly_modulus_degree is not None or coeff_mod_bit_sizes is not None or scale_bits is not None:
-            bits = tuple(coeff_mod_bit_sizes or params.coeff_mod_bit_sizes)
-            params = CKKSParams(
-                poly_modulus_degree or params.poly_modulus_degree,
-                bits,
-                scale_bits or (bits[1] if len(bits) > 1 else params.scale_bits),
-                params.flood_bits,
-            )
         context = S.make_context(params)
         keygen = seal.KeyGenerator(context)
         secret_key = keygen.secret_key()
@@ -131,16 +124,27 @@ class BuyerKeys:
         """What the seller gets (same as :attr:`public`)."""
         return self.public
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``secret.key`` (0600), ``public_context.tip`` (send this) and ``queries.json``."""
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``secret.key`` (0600), ``public_context.tip`` (send this) and ``queries.json``.
+
+        Refuses a directory that already holds keys: replacing ``secret.key`` would make every
+        earlier query undecryptable. ``overwrite=True`` replaces them on purpose."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        target = path / SECRET_FILE
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise FileExistsError(
+                f"'{path}' already holds buyer keys ({SECRET_FILE}); replacing them would make earlier "
+                "queries undecryptable. Choose a new directory, or pass overwrite=True."
+            )
         secret = Message(
             SECRET_KIND,
             {"params": self.public.params.to_dict(), "context_hash": self.context_hash},
             [S.to_bytes(self.secret_key)],
         )
-        _write_private(path / SECRET_FILE, secret.to_bytes())
+        if overwrite:
+            target.unlink(missing_ok=True)
+        _write_private(target, secret.to_bytes(), exclusive=True)
         self.public.save(path / PUBLIC_FILE)
         self.directory = path
         self._save_queries()
@@ -149,20 +153,31 @@ class BuyerKeys:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BuyerKeys:
         path = Path(directory)
-        if not (path / SECRET_FILE).is_file():
-            raise FileNotFoundError(
-                f"No buyer keys in '{path}' ({SECRET_FILE} missing). Run BuyerKeys.generate().save()."
-            )
-        mode = (path / SECRET_FILE).stat().st_mode & 0o077
+        target = path / SECRET_FILE
+        if target.is_symlink():
+            raise KeyFileError(f"'{target}' is a symbolic link; buyer keys are read only from a regular file.")
+        if not target.is_file():
+            raise FileNotFoundError(f"No buyer keys in '{path}' ({SECRET_FILE} missing). Run `tip keygen` first.")
+        mode = target.stat().st_mode & 0o077
         if mode:
-            raise PermissionError(f"'{path / SECRET_FILE}' is readable by others (mode {oct(mode)}); chmod 600 it.")
+            raise PermissionError(f"'{target}' is readable by others (mode {oct(mode)}); chmod 600 it.")
         public = PublicContext.load(path / PUBLIC_FILE)
-        secret = read_message(path / SECRET_FILE, SECRET_KIND)
-        if secret.header.get("context_hash") != public.hash:
+        secret = read_message(target, SECRET_KIND)
+        if secret.header.get("context_hash") != public.hash or len(secret.blobs) != 1:
             raise MessageError(f"The secret key in '{path}' belongs to another public context.")
-        secret_key = S.load(seal.SecretKey, public.context, secret.blobs[0])
+        try:
+            secret_key = S.load(seal.SecretKey, public.context, secret.blobs[0])
+        except S.SealLoadError as e:
+            raise MessageError(f"The secret key in '{path}' does not load: {e}") from None
         queries_path = path / QUERIES_FILE
-        exponents = json.loads(queries_path.read_text()) if queries_path.is_file() else {}
+        exponents: object = {}
+        if queries_path.is_file():
+            try:
+                exponents = json.loads(queries_path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                exponents = None
+        if not isinstance(exponents, dict) or not all(type(v) is int for v in exponents.values()):
+            raise KeyFileError(f"'{queries_path}' is damaged (expected a JSON object of query id -> exponent).")
         return cls(public, secret_key, exponents, path)
 
     def remember_query(self, query_id: str, exponent: int) -> None:
@@ -174,10 +189,30 @@ class BuyerKeys:
             _write_private(self.directory / QUERIES_FILE, json.dumps(self.query_exponents, indent=1).encode())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+class KeyFileError(TIPError, OSError):
+    """A buyer key file is missing, damaged, a symlink, or not private."""
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a 0600 file: created with ``O_EXCL | O_NOFOLLOW`` so a planted file or symlink is
+    refused, never read back or followed. ``exclusive``: the file itself is created in place
+    (the secret key); otherwise a fresh private sibling is renamed over it atomically."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    target = path if exclusive else path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"'{target}' appeared while writing it (a planted file or symlink?); refusing.") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not exclusive:
+            os.replace(target, path)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise

@@ -4,19 +4,33 @@ Maximum total coefficient-modulus bits for 128-bit classical security with a ter
 (HomomorphicEncryption.org security standard, Table 1, also what SEAL enforces):
 N=1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881.
 
-Scoring needs one plaintext-ciphertext multiplication: two data primes (the product at
-scale 2^(2s) is rescaled by the second) plus the special prime for key switching (used by
-the conjugation that kills the imaginary channel). After the rescale the result lives
-modulo the first prime alone, which bounds decodable values by 2^(first - scale - 1).
+Scoring is one plaintext-ciphertext multiplication and one conjugation (a key switch), with
+**no rescale**: the product lives at scale ``2^(query_scale_bits + plain_scale_bits)`` over
+all data primes. That spends the modulus on precision instead of levels, which is what
+noise flooding needs: the seller adds noise ``2^s`` times larger than every data-dependent
+evaluation error (``s`` = the seller's statistical security bits, :mod:`tip_hf.he.kernel`)
+and the released value still keeps ~30 bits. The last prime is the special (key-switching)
+prime.
+
+These parameters are the buyer's (they come with its public context); nothing that protects
+the seller is read from them: flooding and DP are the seller's policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MAX_LOG_Q_128", "CKKSParams", "PRESETS", "get_preset"]
+from ..errors import TIPError
+
+__all__ = ["LAYOUT", "MAX_LOG_Q_128", "PRESETS", "CKKSParams", "ParamsError", "get_preset"]
 
 MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+LAYOUT = "complex-pairs/2"  # the query layout of this release (no rescale, seller-owned flooding)
+
+
+class ParamsError(TIPError, ValueError):
+    """CKKS parameters that are malformed, below 128-bit security, or of another release."""
 
 
 @dataclass(frozen=True)
@@ -25,35 +39,36 @@ class CKKSParams:
 
     Attributes:
         poly_modulus_degree: ring dimension N; N/2 complex slots per ciphertext.
-        coeff_mod_bit_sizes: prime sizes ``[first, ..., special]``.
-        scale_bits: log2 of the encoding scale.
-        flood_bits: log2 of the flooding noise std (value units) added to results, relative
-            to the decodable range ``2^(first - scale_bits - 1)``; see :mod:`tip_hf.he.scoring`.
+        coeff_mod_bit_sizes: prime sizes ``[data primes..., special]``.
+        query_scale_bits: log2 of the scale the buyer encodes its query at.
+        plain_scale_bits: log2 of the scale the seller encodes its sketches at.
     """
 
     poly_modulus_degree: int
     coeff_mod_bit_sizes: tuple[int, ...]
-    scale_bits: int
-    flood_bits: int
+    query_scale_bits: int
+    plain_scale_bits: int
 
     def __post_init__(self) -> None:
         n = self.poly_modulus_degree
         if n not in MAX_LOG_Q_128:
-            raise ValueError(f"`poly_modulus_degree` must be one of {sorted(MAX_LOG_Q_128)}, got {n}.")
-        total = sum(self.coeff_mod_bit_sizes)
+            raise ParamsError(f"`poly_modulus_degree` must be one of {sorted(MAX_LOG_Q_128)}, got {n}.")
+        bits = self.coeff_mod_bit_sizes
+        if len(bits) < 2 or any(not 20 <= b <= 60 for b in bits):
+            raise ParamsError(f"`coeff_mod_bit_sizes` needs >= 2 primes of 20..60 bits, got {list(bits)}.")
+        total = sum(bits)
         if total > MAX_LOG_Q_128[n]:
-            raise ValueError(
+            raise ParamsError(
                 f"CKKS parameters N={n} with a {total}-bit coefficient modulus give less than 128-bit "
                 f"security (the HE Standard allows at most {MAX_LOG_Q_128[n]} bits at N={n}). "
                 f"Use a larger N or fewer/smaller primes; presets: {sorted(PRESETS)}."
             )
-        if len(self.coeff_mod_bit_sizes) != 3:
-            raise ValueError("Scoring needs exactly [first, second, special] primes: one multiplication deep.")
-        first, second, _ = self.coeff_mod_bit_sizes
-        if second != self.scale_bits or first <= self.scale_bits + 4:
-            raise ValueError(
-                f"`scale_bits` ({self.scale_bits}) must equal the second prime ({second}) and leave room "
-                f"under the first prime ({first})."
+        if min(self.query_scale_bits, self.plain_scale_bits) < 40:
+            raise ParamsError("Both scales must be >= 2^40: flooding needs the precision.")
+        if self.product_scale_bits + 4 > self.data_bits:
+            raise ParamsError(
+                f"The product scale 2^{self.product_scale_bits} needs a data modulus of more than "
+                f"{self.product_scale_bits + 4} bits; these data primes give {self.data_bits}."
             )
 
     @property
@@ -61,37 +76,58 @@ class CKKSParams:
         return self.poly_modulus_degree // 2
 
     @property
-    def value_bound(self) -> float:
-        """Largest |value| a result can hold without wrapping."""
-        return 2.0 ** (self.coeff_mod_bit_sizes[0] - self.scale_bits - 1)
+    def data_bits(self) -> int:
+        return sum(self.coeff_mod_bit_sizes[:-1])
 
-    def to_dict(self) -> dict[str, object]:
+    @property
+    def product_scale_bits(self) -> int:
+        return self.query_scale_bits + self.plain_scale_bits
+
+    @property
+    def value_bound(self) -> float:
+        """Largest |value| a result slot can hold without wrapping (normalised units)."""
+        return 2.0 ** (self.data_bits - self.product_scale_bits - 2)
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "poly_modulus_degree": self.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes),
-            "scale_bits": self.scale_bits,
-            "flood_bits": self.flood_bits,
+            "query_scale_bits": self.query_scale_bits,
+            "plain_scale_bits": self.plain_scale_bits,
+            "layout": LAYOUT,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> CKKSParams:
-        return cls(
-            int(data["poly_modulus_degree"]),
-            tuple(int(b) for b in data["coeff_mod_bit_sizes"]),  # type: ignore[arg-type, union-attr]
-            int(data["scale_bits"]),
-            int(data["flood_bits"]),
-        )  # type: ignore[arg-type]
+    def from_dict(cls, data: object) -> CKKSParams:
+        """Parse the buyer's declared parameters; anything malformed is a ``ParamsError``."""
+        if not isinstance(data, dict):
+            raise ParamsError("The CKKS parameters must be a JSON object.")
+        if data.get("layout") != LAYOUT:
+            raise ParamsError(
+                f"These CKKS parameters are for layout {data.get('layout', 'complex-pairs/1')!r}; this tip_hf "
+                f"uses {LAYOUT!r}. Make new keys with `tip keygen` (BuyerKeys.generate()) and a new query."
+            )
+        try:
+            bits = data["coeff_mod_bit_sizes"]
+            if not isinstance(bits, list) or not all(type(b) is int for b in bits):
+                raise TypeError
+            fields = [data[k] for k in ("poly_modulus_degree", "query_scale_bits", "plain_scale_bits")]
+            if not all(type(v) is int for v in fields):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise ParamsError("The CKKS parameters lack or mistype a field.") from None
+        return cls(fields[0], tuple(bits), fields[1], fields[2])
 
 
 PRESETS: dict[str, CKKSParams] = {
-    # 170 of 218 bits. Values up to 2^9 (sketches and query are normalised below 1).
-    "n8192": CKKSParams(8192, (60, 55, 60), scale_bits=55, flood_bits=-30),
-    # 180 of 438 bits: twice the slots per ciphertext, twice the work per ciphertext.
-    "n16384": CKKSParams(16384, (60, 55, 60), scale_bits=55, flood_bits=-30),
+    # 216 of 218 bits; product scale 2^152 over a 156-bit data modulus.
+    "n8192": CKKSParams(8192, (52, 52, 52, 60), query_scale_bits=76, plain_scale_bits=76),
+    # 228 of 438 bits: twice the slots per ciphertext, twice the work per ciphertext.
+    "n16384": CKKSParams(16384, (56, 56, 56, 60), query_scale_bits=80, plain_scale_bits=80),
 }
 
 
 def get_preset(name: str) -> CKKSParams:
     if name not in PRESETS:
-        raise ValueError(f"Unknown CKKS preset {name!r}. Presets: {sorted(PRESETS)}.")
+        raise ParamsError(f"Unknown CKKS preset {name!r}. Presets: {sorted(PRESETS)}.")
     return PRESETS[name]

@@ -1,21 +1,28 @@
 """Thin helpers over `tenseal.sealapi` (SEAL 4.1): contexts and (de)serialisation.
 
-sealapi objects save to and load from file paths only, so bytes go through a private
-temporary file. Every object loaded from the other party is checked with SEAL's
-``is_valid_for`` against our own context before use.
+sealapi objects save to and load from paths only. We give them an anonymous in-memory file
+(``memfd_create``): no secret key or ciphertext ever touches a file system, not even a
+temporary one. Every object loaded from the other party is checked with SEAL's
+``is_valid_for`` by its caller, and any SEAL error while loading becomes a ``SealLoadError``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import tenseal.sealapi as seal
 
+from ..errors import TIPError
 from .params import CKKSParams
 
-__all__ = ["make_context", "to_bytes", "load", "parms_bytes"]
+__all__ = ["SealLoadError", "make_context", "to_bytes", "load", "parms_bytes"]
+
+_MAX_BYTES = 1 << 31
+
+
+class SealLoadError(TIPError, ValueError):
+    """Bytes that SEAL cannot load as the expected object under the given context."""
 
 
 def make_parms(params: CKKSParams) -> seal.EncryptionParameters:
@@ -29,36 +36,58 @@ def make_context(params: CKKSParams) -> seal.SEALContext:
     """A SEAL context that itself enforces 128-bit security (``sec_level_type.tc128``)."""
     context = seal.SEALContext(make_parms(params), True, seal.SEC_LEVEL_TYPE.TC128)
     if not context.parameters_set():
-        raise ValueError(f"SEAL rejects the CKKS parameters: {context.parameters_error_message()}")
+        raise SealLoadError(f"SEAL rejects the CKKS parameters: {context.parameters_error_message()}")
     return context
 
 
+def _memfd() -> int:
+    return os.memfd_create("tip_hf-seal", os.MFD_CLOEXEC)
+
+
 def to_bytes(obj: Any) -> bytes:
-    """Serialise any sealapi object (or ``Serializable``) with SEAL's own format."""
-    fd, path = tempfile.mkstemp(prefix="tip_hf-seal-")
-    os.close(fd)
+    """Serialise any sealapi object (or ``Serializable``) with SEAL's own format, in memory."""
+    fd = _memfd()
     try:
-        obj.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
+        obj.save(f"/proc/self/fd/{fd}")
+        size = os.fstat(fd).st_size
+        os.lseek(fd, 0, os.SEEK_SET)
+        return _read_all(fd, size)
     finally:
-        os.unlink(path)
+        os.close(fd)
 
 
 def load(cls: type, context: seal.SEALContext | None, data: bytes) -> Any:
     """Load a sealapi object of type ``cls`` from bytes (``context`` for context-bound types)."""
-    fd, path = tempfile.mkstemp(prefix="tip_hf-seal-")
+    if not isinstance(data, bytes | bytearray) or not 0 < len(data) < _MAX_BYTES:
+        raise SealLoadError(f"Expected a non-empty serialised {cls.__name__}, got {len(data or b'')} bytes.")
+    fd = _memfd()
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         obj = cls() if cls is not seal.EncryptionParameters else cls(seal.SCHEME_TYPE.CKKS)
-        if context is None:
-            obj.load(path)
-        else:
-            obj.load(context, path)
+        path = f"/proc/self/fd/{fd}"
+        try:
+            if context is None:
+                obj.load(path)
+            else:
+                obj.load(context, path)
+        except (RuntimeError, ValueError, TypeError, MemoryError, OverflowError) as e:
+            raise SealLoadError(f"The bytes are not a valid {cls.__name__} for these parameters ({e}).") from None
         return obj
     finally:
-        os.unlink(path)
+        os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def parms_bytes(params: CKKSParams) -> bytes:

@@ -1,0 +1,100 @@
+"""Buyer side: encrypt the query vector ``q`` under the buyer's own secret key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+import torch
+
+from ..spec import ValuationSpec
+from . import seal as S
+from .keys import BuyerKeys
+from .messages import Message
+from .params import LAYOUT
+
+__all__ = ["QUERY_KIND", "EncryptedQuery", "encrypt_query", "spec_binding"]
+
+QUERY_KIND = "tip_hf.query"
+
+
+@dataclass
+class EncryptedQuery:
+    """``Enc(q)`` ready to send: :meth:`to_bytes` / :meth:`save`. Holds no secret."""
+
+    message: Message
+
+    @property
+    def query_id(self) -> str:
+        return self.message.header["query_id"]
+
+    def to_bytes(self) -> bytes:
+        return self.message.to_bytes()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        self.message.save(path)
+
+
+def spec_binding(spec: ValuationSpec | None, fingerprint: str | None) -> dict[str, object]:
+    """The header fields that bind a query to the spec/model it was made for."""
+    settings = None if spec is None else hashlib.sha256(json.dumps(spec.sketch_settings(), sort_keys=True).encode())
+    return {"fingerprint": fingerprint, "spec_settings": None if settings is None else settings.hexdigest()}
+
+
+def encrypt_query(
+    q: np.ndarray | torch.Tensor,
+    keys: BuyerKeys,
+    spec: ValuationSpec | None = None,
+    *,
+    fingerprint: str | None = None,
+    model: torch.nn.Module | None = None,
+) -> EncryptedQuery:
+    """Encrypt the buyer's query vector ``q`` (``[k]``, real) under its own secret key.
+
+    The query is divided by a power of two ``2^e >= |q|`` so every value fits the CKKS range;
+    ``e`` stays with the buyer (``keys.query_exponents``) and decryption undoes it. The
+    message is bound to the public context (hash) and to the spec -- to the full
+    spec/model ``fingerprint`` when given (or computed from ``model``), else to the spec's
+    sketch settings -- and the seller refuses to score a store that does not match.
+    """
+    q = np.asarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q)
+    if np.iscomplexobj(q):
+        raise ValueError("The query must be real; got a complex vector.")
+    q = q.astype(np.float64).reshape(-1)
+    if q.size == 0 or not np.all(np.isfinite(q)):
+        raise ValueError("The query must be a non-empty vector of finite numbers.")
+    if spec is not None and q.size != spec.proj_dim:
+        raise ValueError(f"The query has {q.size} entries but the spec's proj_dim is {spec.proj_dim}.")
+    if model is not None and fingerprint is None:
+        if spec is None:
+            raise ValueError("Pass `spec` with `model` to bind the query to the spec fingerprint.")
+        fingerprint = spec.fingerprint(model)
+    norm = float(np.linalg.norm(q))
+    exponent = math.ceil(math.log2(norm)) if norm > 0 else 0
+    scaled = q / 2.0**exponent
+    if scaled.size % 2:
+        scaled = np.append(scaled, 0.0)
+    params, context = keys.public.params, keys.public.context
+    encoder = seal.CKKSEncoder(context)
+    encryptor = seal.Encryptor(context, keys.secret_key)  # symmetric: seeded, half the bytes
+    blobs = []
+    for t in range(scaled.size // 2):
+        plain = seal.Plaintext()
+        encoder.encode(complex(scaled[2 * t], -scaled[2 * t + 1]), 2.0**params.query_scale_bits, plain)
+        blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
+    query_id = secrets.token_hex(16)
+    header = {
+        "query_id": query_id,
+        "context_hash": keys.context_hash,
+        "proj_dim": int(q.size),
+        "layout": LAYOUT,
+        **spec_binding(spec, fingerprint),
+    }
+    keys.remember_query(query_id, exponent)
+    return EncryptedQuery(Message(QUERY_KIND, header, blobs))

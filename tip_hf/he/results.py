@@ -1,0 +1,242 @@
+"""Buyer side: decrypt the seller's result, and check a delivery against it.
+
+Checks after purchase are binding in two ways: the delivered examples' ids must open the
+salted commitment (:func:`verify_commitment`), and the values the buyer recomputes from the
+delivered data with its own model, spec and query must equal what it decrypted, within the
+stated release noise (:func:`verify_values`). A seller who scored valuable sketches under
+junk ids, or other text under the right ids, fails one of the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ..errors import TIPError
+from ..values import CorpusRows
+from . import seal as S
+from .keys import BuyerKeys
+from .messages import Message, MessageError, read_message
+from .scoring import RESULT_KIND, ScoredResult, commitment_digest
+
+__all__ = ["ScoreTable", "VerificationError", "decrypt_scores", "verify_commitment", "verify_values"]
+
+NOISE_Z = 6.0  # a recomputed value may differ from the decrypted one by this many noise stds
+
+
+class VerificationError(TIPError, ValueError):
+    """A delivery cannot be checked as asked (unknown corpus, no opening, wrong result kind)."""
+
+
+@dataclass
+class ScoreTable(CorpusRows):
+    """Decrypted values. Per corpus: ``rows`` ranked by total value (``sum``), each with
+    ``noise_std`` (an upper bound on the std of the release noise, DP and flooding, in the
+    buyer's units); per example: ``values`` in store order with ``corpus`` labels."""
+
+    release: str
+    rows: list[dict[str, object]] = field(default_factory=list)
+    values: np.ndarray | None = None
+    corpus: list[str] | None = None
+    commitment: dict[str, object] | None = None
+    dp: dict[str, Any] | None = None
+    query_id: str | None = None
+    clip_norm: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.release == "corpus" else len(self.values if self.values is not None else [])
+
+    def __str__(self) -> str:
+        if self.release == "example":
+            return f"ScoreTable(per-example, {0 if self.values is None else len(self.values)} values)"
+        lines = [f"{'rank':>4}  {'corpus':<24}{'count':>8}{'distinct':>9}{'sum':>14}{'mean':>14}{'+/-':>11}"]
+        for rank, row in enumerate(self.rows, 1):
+            if row["released"]:
+                head = f"{row['corpus']!s:<24}{row['count']:>8}{row['distinct']:>9}"
+                lines.append(f"{rank:>4}  {head}{row['sum']:>14.6g}{row['mean']:>14.6g}{row['noise_std']:>11.2g}")
+            else:
+                lines.append(f"{'-':>4}  {row['corpus']!s:<24}{'':>8}{'':>9}{'withheld':>14}")
+        if self.dp:
+            lines.append(
+                f"differential privacy: epsilon {self.dp['epsilon']:.3g}, delta {self.dp['delta']:.1g} per example "
+                f"(clip {self.dp['clip_norm']:.3g}, noise std {self.dp['sigma']:.3g} per sketch coordinate)"
+            )
+        return "\n".join(lines)
+
+
+def _result(source: ScoredResult | Message | bytes | str | os.PathLike[str]) -> Message:
+    return read_message(source.message if isinstance(source, ScoredResult) else source, RESULT_KIND)
+
+
+def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise MessageError(f"The scores header lacks or mistypes `{name}`; the file is damaged or forged.")
+    return value
+
+
+def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLike[str], keys: BuyerKeys) -> ScoreTable:
+    """Buyer side: decrypt a result into a ranked per-corpus table (or per-example values)."""
+    result = _result(result_msg)
+    header = result.header
+    if header.get("context_hash") != keys.context_hash:
+        raise MessageError(
+            "These scores were encrypted under another buyer context: they need the keys that made "
+            "the query (wrong keys)."
+        )
+    query_id = header.get("query_id")
+    if query_id not in keys.query_exponents:
+        raise MessageError(f"Query {query_id} was not made with these keys (no record of it).")
+    hashes = _field(header, "blob_sha256", list)
+    if hashes != [hashlib.sha256(blob).hexdigest() for blob in result.blobs]:
+        raise MessageError("The scores' ciphertexts do not match their header (swapped, dropped or edited).")
+    q_exp = keys.query_exponents[query_id]
+    flood = _field(header, "flood_std", float)
+    context = keys.public.context
+    decryptor, encoder = seal.Decryptor(context, keys.secret_key), seal.CKKSEncoder(context)
+
+    def slots(blob: bytes) -> np.ndarray:
+        try:
+            ct = S.load(seal.Ciphertext, context, blob)
+        except S.SealLoadError as e:
+            raise MessageError(f"A result ciphertext does not load: {e}") from None
+        if not seal.is_valid_for(ct, context) or ct.size() != 2:
+            raise MessageError("A result ciphertext is not valid for the buyer's context.")
+        plain = seal.Plaintext()
+        decryptor.decrypt(ct, plain)
+        return np.asarray(encoder.decode_double(plain))
+
+    release = header.get("release")
+    if release == "example":
+        parts, labels = [], []
+        blocks = _field(header, "blocks", list)
+        if len(blocks) != len(result.blobs):
+            raise MessageError("The scores header lists another number of blocks than it holds ciphertexts.")
+        for blob, block in zip(result.blobs, blocks, strict=True):
+            count, exponent = _block_fields(block)
+            parts.append(slots(blob)[:count] * 2.0 ** (exponent + q_exp))
+            labels.extend(str(c) for c in block.get("corpus", [])[:count])
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        return ScoreTable(
+            "example", values=values, corpus=labels, commitment=header.get("commitment"), query_id=query_id
+        )
+    if release != "corpus":
+        raise MessageError(f"The scores declare an unknown release {release!r}.")
+    exponent = _field(header, "exponent", int)
+    dp = header.get("dp")
+    sigma = float(dp["sigma"]) if isinstance(dp, dict) and isinstance(dp.get("sigma"), float) else 0.0
+    decoded = [slots(blob) for blob in result.blobs]
+    rows = []
+    for c in _field(header, "corpora", list):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise MessageError("The scores header has a malformed corpus entry.")
+        row: dict[str, object] = {"corpus": c["name"], "released": bool(c.get("released"))}
+        if row["released"]:
+            count, cipher, slot = (c.get(k) for k in ("count", "ciphertext", "slot"))
+            if not all(type(v) is int for v in (count, cipher, slot)) or not (
+                count > 0 and 0 <= cipher < len(decoded) and 0 <= slot < len(decoded[cipher])  # type: ignore[operator]
+            ):
+                raise MessageError(f"The scores header's entry for corpus {c['name']!r} is malformed.")
+            total = float(decoded[cipher][slot] * 2.0 ** (exponent + q_exp))  # type: ignore[index]
+            noise = math.hypot(sigma * 2.0**q_exp, flood * 2.0 ** (exponent + q_exp))
+            row.update(
+                count=count,
+                distinct=c.get("distinct", count),
+                sum=total,
+                mean=total / count,  # type: ignore[operator]
+                noise_std=noise,
+                commitment=c.get("commitment"),
+            )
+        rows.append(row)
+    rows.sort(key=lambda r: (not r["released"], -float(r.get("sum", 0.0))))  # type: ignore[arg-type]
+    clip = header.get("clip_norm")
+    return ScoreTable(
+        "corpus",
+        rows=rows,
+        commitment=header.get("commitment"),
+        dp=dp if isinstance(dp, dict) else None,
+        query_id=query_id,
+        clip_norm=float(clip) if isinstance(clip, int | float) else None,
+    )
+
+
+def _block_fields(block: object) -> tuple[int, int]:
+    if not isinstance(block, dict) or type(block.get("count")) is not int or type(block.get("exponent")) is not int:
+        raise MessageError("The scores header has a malformed block entry.")
+    if not 0 < block["count"] <= 1 << 16 or abs(block["exponent"]) > 1000:
+        raise MessageError("The scores header has a block entry out of range.")
+    return block["count"], block["exponent"]
+
+
+def verify_commitment(
+    result_msg: ScoredResult | Message | bytes | str | os.PathLike[str],
+    delivered: Mapping[str, Iterable[bytes | str]],
+    opening: Mapping[str, Any],
+) -> dict[str, bool]:
+    """Buyer, after purchase: does each delivered corpus hold exactly the scored examples?
+
+    Args:
+        delivered: corpus name -> example ids of the delivered rows, any order
+            (:func:`tip_hf.data.example_ids_by_corpus`: hashes of the raw text/features and
+            label).
+        opening: the seller's opening (``ScoredResult.opening_for([...])``, the
+            ``tip score`` opening file): the salts of the bought corpora.
+
+    Returns:
+        ``{corpus: True/False}``.
+    """
+    header = _result(result_msg).header
+    salts = opening.get("salts") if isinstance(opening, Mapping) else None
+    if not isinstance(salts, Mapping):
+        raise VerificationError("The opening holds no salts; it must be the seller's opening file for these scores.")
+    if opening.get("query_id") != header.get("query_id"):
+        raise VerificationError("The opening belongs to another result (its query id differs).")
+    committed = {c.get("name"): c for c in header.get("corpora", []) if isinstance(c, dict) and c.get("released")}
+    verdict = {}
+    for name, ids in delivered.items():
+        if name not in committed:
+            raise VerificationError(f"Corpus {name!r} was not released in these scores; released: {sorted(committed)}.")
+        if name not in salts:
+            raise VerificationError(f"The opening has no salt for corpus {name!r}; ask the seller to open it.")
+        try:
+            salt = bytes.fromhex(str(salts[name]))
+        except ValueError:
+            raise VerificationError(f"The opening's salt for corpus {name!r} is not hex.") from None
+        raw = [bytes.fromhex(i) if isinstance(i, str) else bytes(i) for i in ids]
+        verdict[name] = commitment_digest(salt, raw) == committed[name].get("commitment")
+    return verdict
+
+
+def verify_values(
+    table: ScoreTable, recomputed: Mapping[str, float], *, z: float = NOISE_Z, rtol: float = 1e-4
+) -> dict[str, dict[str, float | bool]]:
+    """Buyer, after purchase: do the values recomputed from the delivered data (its own model,
+    spec, query and the result's ``clip_norm``) match the decrypted ones?
+
+    A corpus passes when ``|decrypted - recomputed| <= z * noise_std + rtol * |recomputed|``
+    (``rtol`` absorbs hardware differences in sketching). Returns per corpus the two values,
+    the tolerance and ``ok``."""
+    out: dict[str, dict[str, float | bool]] = {}
+    for name, value in recomputed.items():
+        try:
+            row = table[name]
+        except KeyError:
+            raise VerificationError(f"Corpus {name!r} is not in the decrypted scores.") from None
+        if not row["released"]:
+            raise VerificationError(f"Corpus {name!r} was withheld: there is no value to compare with.")
+        decrypted = float(row["sum"])  # type: ignore[arg-type]
+        tolerance = z * float(row["noise_std"]) + rtol * abs(value)  # type: ignore[arg-type]
+        out[name] = {
+            "decrypted": decrypted,
+            "recomputed": float(value),
+            "tolerance": tolerance,
+            "ok": abs(decrypted - value) <= tolerance,
+        }
+    return out
