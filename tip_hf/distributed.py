@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .errors import StoreCorruptedError
-from .store import MANIFEST, _atomic_write, read_shard_tensors, write_shard
+from .store import MANIFEST, _atomic_write, check_shard_entry, read_shard_tensors, write_shard
 
 __all__ = ["rank_and_world", "barrier", "ShardPlan", "merge_rank_records"]
 
@@ -43,8 +43,20 @@ def barrier() -> None:
 def _records(path: Path) -> list[dict[str, Any]]:
     entries = []
     for record in sorted(path.glob(f"{RECORD_PREFIX}*.json")):
-        entries.extend(json.loads(record.read_text())["shards"])
+        entries.extend(_read_record(record))
     return entries
+
+
+def _read_record(record: Path) -> list[dict[str, Any]]:
+    """The shard entries of one rank's record, each checked like a manifest entry."""
+    try:
+        data = json.loads(record.read_bytes().decode())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise StoreCorruptedError(f"'{record}' is not valid JSON; delete it to redo its shards.") from e
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, list):
+        raise StoreCorruptedError(f"'{record}' is not a rank record (no `shards` list); delete it to redo its shards.")
+    return [check_shard_entry(entry, record) for entry in shards]
 
 
 class ShardPlan:
@@ -56,9 +68,7 @@ class ShardPlan:
         done = [*manifest["shards"], *_records(path)]
         self.done = {int(e["start"]) for e in done if (path / e["file"]).is_file()}
         self.record_path = path / f"{RECORD_PREFIX}{rank}.json"
-        self.mine: list[dict[str, Any]] = (
-            json.loads(self.record_path.read_text())["shards"] if self.record_path.is_file() else []
-        )
+        self.mine: list[dict[str, Any]] = _read_record(self.record_path) if self.record_path.is_file() else []
 
     def wanted(self, index: int) -> bool:
         return index % self.world == self.rank and index * self.shard_size not in self.done
@@ -104,7 +114,7 @@ def merge_rank_records(path: Path, manifest: dict[str, Any], total: int | None) 
         if local is not None:  # written by a rank: map its local codes to the store's table
             mapping = [codes.setdefault(name, len(codes)) for name in local]
             if mapping != list(range(len(local))):
-                tensors = read_shard_tensors(path, entry)
+                tensors = read_shard_tensors(path, {**entry, "corpora": local})  # codes checked < len(local)
                 remapped = torch.tensor(mapping, dtype=torch.int32)[tensors["corpus"].long()]
                 index = int(entry["file"].split("-")[1].split(".")[0])
                 entry = write_shard(

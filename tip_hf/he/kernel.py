@@ -61,7 +61,7 @@ class QueryKernel:
         header = query.header
         if header.get("layout") != LAYOUT:
             raise MessageError(
-                f"The query uses layout {header.get('layout')!r}; this seller scores {LAYOUT!r}. "
+                f"The query uses layout {str(header.get('layout'))[:40]!r}; this seller scores {LAYOUT!r}. "
                 "The buyer must make a new query with this tip_hf release."
             )
         k = header.get("proj_dim")

@@ -6,25 +6,33 @@ Wire format (all integers little-endian)::
     | count x (u64 len + blob) | SHA-256 of everything before
 
 The checksum catches truncation and accidental or third-party modification; it is not a
-signature (either party can recompute it). Every parse error names what is wrong.
+signature (either party can recompute it). Every parse error is a one-line
+:class:`MessageError` that names what is wrong, whatever the bytes: the header must be a
+JSON object (UTF-8, bounded nesting) and the kind UTF-8. Code that reads header fields
+should use :meth:`Message.field` (or :func:`header_field`), which turns a missing or
+mistyped field into a :class:`MessageError` too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 from typing import Any
 
 from ..errors import TIPError
 
-__all__ = ["MessageError", "Message", "read_message"]
+__all__ = ["MessageError", "Message", "header_field", "read_message"]
 
 MAGIC = b"TIPHF\0"
 VERSION = 1
+MAX_HEADER_DEPTH = 64  # nesting of the header JSON; tip_hf's own headers nest 3 deep
+_TOO_DEEP = object()
 
 
 class MessageError(TIPError, ValueError):
@@ -35,11 +43,20 @@ class MessageError(TIPError, ValueError):
 class Message:
     kind: str
     header: dict[str, Any]
-    blobs: list[bytes] = field(default_factory=list)
+    blobs: list[bytes] = _field(default_factory=list)
+
+    def field(self, name: str, kind: type | tuple[type, ...]) -> Any:
+        """``header[name]``, checked to be of type ``kind``; else a one-line :class:`MessageError`.
+
+        See :func:`header_field`, e.g. ``msg.field("proj_dim", int)`` or
+        ``msg.field("fingerprint", (str, type(None)))`` (a missing field then reads ``None``)."""
+        return header_field(self.header, name, kind, f"{self.kind[:80]!r} message")
 
     def to_bytes(self) -> bytes:
         kind = self.kind.encode()
         header = json.dumps(self.header, sort_keys=True).encode()
+        if len(kind) > 0xFF or len(header) > 0xFFFFFFFF or len(self.blobs) > 0xFFFFFFFF:
+            raise ValueError(f"A message kind is at most 255 bytes and a header at most 4 GiB (kind {self.kind!r}).")
         parts = [
             MAGIC,
             struct.pack("<HB", VERSION, len(kind)),
@@ -57,7 +74,11 @@ class Message:
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str | None = None) -> Message:
+    def from_bytes(cls, data: bytes | bytearray | memoryview, kind: str | None = None) -> Message:
+        """Parse and check a message; anything malformed raises a one-line :class:`MessageError`."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"Message.from_bytes expects bytes, got {type(data).__name__}.")
+        data = bytes(data)
         where = f"{kind or 'tip_hf'} message"
         if len(data) < len(MAGIC) + 32 or not data.startswith(MAGIC):
             raise MessageError(f"This is not a {where} (bad magic bytes or empty file).")
@@ -67,25 +88,90 @@ class Message:
         version, kind_len = struct.unpack("<HB", reader.take(3))
         if version != VERSION:
             raise MessageError(f"The {where} has format version {version}; this tip_hf reads version {VERSION}.")
-        found = reader.take(kind_len).decode(errors="replace")
-        (header_len,) = struct.unpack("<I", reader.take(4))
-        header_bytes = reader.take(header_len)
-        (count,) = struct.unpack("<I", reader.take(4))
-        blobs = []
-        for _ in range(count):
-            (size,) = struct.unpack("<Q", reader.take(8))
-            blobs.append(reader.take(size))
+        kind_bytes = reader.take(kind_len)
+        header_bytes = reader.take(reader.u32())
+        count = reader.u32()
+        if count > reader.remaining // 8:  # every part takes at least its 8-byte length
+            raise MessageError(
+                f"The {where} declares {count} parts but only {reader.remaining} bytes follow: it is truncated "
+                "or corrupted."
+            )
+        blobs = [reader.take(reader.u64()) for _ in range(count)]
         if reader.remaining:
             raise MessageError(f"The {where} has {reader.remaining} unexpected trailing bytes: it was modified.")
         if hashlib.sha256(body).digest() != digest:
             raise MessageError(f"The {where} fails its checksum: it was corrupted or tampered with in transit.")
-        if kind is not None and found != kind:
-            raise MessageError(f"Expected a '{kind}' message, got a '{found}' message. Check which file you passed.")
         try:
-            header = json.loads(header_bytes)
-        except json.JSONDecodeError as e:
-            raise MessageError(f"The {where} header is not valid JSON.") from e
-        return cls(found, header, blobs)
+            found = kind_bytes.decode()
+        except UnicodeDecodeError:
+            raise MessageError(f"The {where} names its kind in bytes that are not UTF-8: it is corrupted.") from None
+        if kind is not None and found != kind:
+            raise MessageError(
+                f"Expected a '{kind}' message, got a {found[:80]!r} message. Check which file you passed."
+            )
+        return cls(found, _parse_header(header_bytes, where), blobs)
+
+
+def header_field(header: object, name: str, kind: type | tuple[type, ...], where: str = "tip_hf message") -> Any:
+    """``header[name]`` if it has type ``kind`` (a type or a tuple of types), else a one-line
+    :class:`MessageError` naming the message (``where``) and the field.
+
+    ``bool`` is not an ``int`` here unless ``bool`` is asked for; ``float`` accepts ``int`` and
+    refuses NaN and infinities; a ``kind`` that includes ``type(None)`` makes the field
+    optional (a missing field reads ``None``). Only the top level is checked: the items of a
+    list or dict are the caller's to check."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+    if not isinstance(header, dict):
+        raise MessageError(f"The {where}'s header is not a JSON object.")
+    if name not in header:
+        if type(None) in kinds:
+            return None
+        raise MessageError(f"The {where}'s header lacks the `{name}` field ({names}).")
+    value = header[name]
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok and float in kinds and type(value) is int and abs(value) < 2**1023:
+        value, ok = float(value), True  # JSON does not tell 1 from 1.0
+    if isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if not ok:
+        found = "null" if value is None else type(value).__name__
+        raise MessageError(f"The {where}'s header has a malformed `{name}` field: expected {names}, got {found}.")
+    return value
+
+
+def _parse_header(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise MessageError(f"The {where} header is not UTF-8 text: it is corrupted.") from None
+    try:
+        header: object = json.loads(text)
+    except RecursionError:
+        header = _TOO_DEEP
+    except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
+        raise MessageError(f"The {where} header is not valid JSON ({str(e).splitlines()[0][:120]}).") from None
+    if header is _TOO_DEEP or _too_deep(header):
+        raise MessageError(f"The {where} header nests deeper than {MAX_HEADER_DEPTH} levels: it is malformed.")
+    if not isinstance(header, dict):
+        raise MessageError(f"The {where} header is a JSON {type(header).__name__}, not an object: it is malformed.")
+    return header
+
+
+def _too_deep(value: object) -> bool:
+    """Whether a parsed JSON value nests deeper than :data:`MAX_HEADER_DEPTH` (no recursion)."""
+    level: list[object] = [value]
+    for _ in range(MAX_HEADER_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def read_message(source: bytes | str | os.PathLike[str] | Message, kind: str) -> Message:
@@ -116,3 +202,9 @@ class _Reader:
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "little")
+
+    def u64(self) -> int:
+        return int.from_bytes(self.take(8), "little")

@@ -92,8 +92,8 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
             "the query (wrong keys)."
         )
     query_id = header.get("query_id")
-    if query_id not in keys.query_exponents:
-        raise MessageError(f"Query {query_id} was not made with these keys (no record of it).")
+    if not isinstance(query_id, str) or query_id not in keys.query_exponents:
+        raise MessageError(f"Query {str(query_id)[:40]!r} was not made with these keys (no record of it).")
     hashes = _field(header, "blob_sha256", list)
     if hashes != [hashlib.sha256(blob).hexdigest() for blob in result.blobs]:
         raise MessageError("The scores' ciphertexts do not match their header (swapped, dropped or edited).")
@@ -122,7 +122,10 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
         for blob, block in zip(result.blobs, blocks, strict=True):
             count, exponent = _block_fields(block)
             parts.append(slots(blob)[:count] * 2.0 ** (exponent + q_exp))
-            labels.extend(str(c) for c in block.get("corpus", [])[:count])
+            corpus = block.get("corpus")
+            if not isinstance(corpus, list) or len(corpus) != count:
+                raise MessageError("The scores header has a block entry without one corpus label per example.")
+            labels.extend(str(c) for c in corpus)
         values = np.concatenate(parts) if parts else np.zeros(0)
         return ScoreTable(
             "example", values=values, corpus=labels, commitment=header.get("commitment"), query_id=query_id
@@ -130,6 +133,8 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
     if release != "corpus":
         raise MessageError(f"The scores declare an unknown release {release!r}.")
     exponent = _field(header, "exponent", int)
+    if abs(exponent) > 1000:
+        raise MessageError("The scores header's scale exponent is out of range; the file is damaged or forged.")
     dp = header.get("dp")
     sigma = float(dp["sigma"]) if isinstance(dp, dict) and isinstance(dp.get("sigma"), float) else 0.0
     decoded = [slots(blob) for blob in result.blobs]

@@ -144,7 +144,7 @@ def score_encrypted(
         raise SpecMismatchError(
             "The sketch dimension",
             store.proj_dim,
-            query.header.get("proj_dim"),
+            str(query.header.get("proj_dim"))[:40],
             "The query and the store must use the same proj_dim.",
         )
     if release not in ("corpus", "example"):
