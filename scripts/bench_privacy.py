@@ -23,6 +23,7 @@ on two markets:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -80,24 +81,33 @@ def sweep(
     return out
 
 
-def demo_market(work: Path, keys: BuyerKeys, repeats: int) -> dict[str, dict]:
+def upsampled(store: SketchStore, size: int, path: Path, seed: int = 0) -> SketchStore:
+    """Every corpus resampled (with replacement) to ``size`` examples: a market of larger
+    corpora drawn from the same populations, to show how fidelity grows with corpus size."""
+    rng = np.random.default_rng(seed)
+    sketches, labels = store.sketches(), np.array(store.corpus_labels(), dtype=object)
+    keep = np.concatenate([rng.choice(np.flatnonzero(labels == name), size) for name in store.corpora])
+    ids = [hashlib.sha256(b"%d" % i).digest() for i in range(len(keep))]  # resampled rows count as distinct
+    return SketchStore.from_arrays(path, sketches[keep], list(labels[keep]), store.spec, store.fingerprint, ids=ids)
+
+
+def demo_market(work: Path, keys: BuyerKeys, repeats: int, demo_dir: Path | None) -> dict[str, dict]:
     from tip_hf.bundle import load_bundle
     from tip_hf.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out_dir=str(work / "demo"), quick=True, epsilon=None, progress=False))
-    store = SketchStore(work / "demo" / "seller" / "store")
-    query = load_bundle(work / "demo" / "buyer" / "bundle").query.double().numpy()
-    realized = {r["corpus"]: r["realized_eval_loss_drop"] for r in result.rows}
-    tables = {
-        f"demo, {len(store) // len(store.corpora)} per corpus (realized)": sweep(store, query, keys, realized, repeats)
-    }
-    sketches, labels = store.sketches(), store.corpus_labels()
-    for size in (12, 24):
-        keep = [i for name in store.corpora for i in [j for j, c in enumerate(labels) if c == name][:size]]
-        small = SketchStore.from_arrays(
-            work / f"demo-{size}", sketches[keep], [labels[i] for i in keep], store.spec, store.fingerprint
+    if demo_dir is None:
+        demo_dir = work / "demo"
+        run_demo(DemoConfig(out_dir=str(demo_dir), quick=True, epsilon=None, progress=False))
+    rows = json.loads((demo_dir / "results.json").read_text())["rows"]
+    store = SketchStore(demo_dir / "seller" / "store")
+    query = load_bundle(demo_dir / "buyer" / "bundle").query.double().numpy()
+    realized = {r["corpus"]: r["realized_eval_loss_drop"] for r in rows}
+    per_corpus = len(store) // len(store.corpora)
+    tables = {f"demo, {per_corpus} per corpus (realized)": sweep(store, query, keys, realized, repeats)}
+    for size in (300, 1000, 3000):
+        tables[f"demo, resampled to {size} per corpus"] = sweep(
+            upsampled(store, size, work / f"demo-{size}"), query, keys, None, repeats
         )
-        tables[f"demo, {size} per corpus"] = sweep(small, query, keys, None, repeats)
     return tables
 
 
@@ -112,7 +122,7 @@ def healthcare_market(work: Path, keys: BuyerKeys, replicates: int, repeats: int
     names = sorted(groups)
     rng = np.random.default_rng(0)
     spec = ValuationSpec(targets=["hidden", "classifier"], proj_dim=256, task="sequence_classification")
-    tables: dict[str, list[dict]] = {"1 step": [], "10 steps": []}
+    tables: dict[str, list[dict]] = {"realized after 1 step": [], "realized after 10 steps": []}
     for rep in range(replicates):
         order = rng.permutation(names)
         buyer, evaluation, sellers = order[0], order[1], list(order[2:12])
@@ -136,7 +146,10 @@ def healthcare_market(work: Path, keys: BuyerKeys, replicates: int, repeats: int
             model, data, spec, work / f"health-{rep}", feature_column="features", corpus_column="corpus",
             batch_size=512, progress=False,
         )  # fmt: skip
-        for steps, key in ((1, "1 step"), (10, "10 steps")):
+        for size in (1000, 3000):
+            big = upsampled(store, size, work / f"health-{rep}-{size}", seed=rep)
+            tables.setdefault(f"resampled to {size} per hospital", []).append(sweep(big, query, keys, None, repeats))
+        for steps, key in ((1, "realized after 1 step"), (10, "realized after 10 steps")):
             realized = {}
             for s in sellers:
                 candidate = MLPClassifier(len(columns), 16, 2)
@@ -146,7 +159,7 @@ def healthcare_market(work: Path, keys: BuyerKeys, replicates: int, repeats: int
                 realized[s] = before - loss_of(candidate, ex, ey)
             tables[key].append(sweep(store, query, keys, realized, repeats))
     return {
-        f"healthcare, realized after {key} ({replicates} replicates)": {
+        f"healthcare, {key} ({replicates} replicates)": {
             setting: {stat: float(np.nanmean([t[setting][stat] for t in runs])) for stat in ("fidelity", "utility")}
             for setting in runs[0]
         }
@@ -158,18 +171,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_privacy.json"))
+    parser.add_argument("--demo-dir", default=None, help="Reuse a `tip demo --no-dp` output instead of a quick demo.")
     args = parser.parse_args()
-    repeats, replicates = (3, 3) if args.quick else (8, 8)
+    repeats, replicates = (3, 3) if args.quick else (5, 8)
     torch.set_num_threads(2)
     start = time.perf_counter()
     keys = BuyerKeys.generate()
     with tempfile.TemporaryDirectory(prefix="tip-bench-privacy-") as tmp:
         work = Path(tmp)
-        tables = {**healthcare_market(work, keys, replicates, repeats), **demo_market(work, keys, repeats)}
+        demo_dir = Path(args.demo_dir) if args.demo_dir else None
+        tables = {**healthcare_market(work, keys, replicates, repeats), **demo_market(work, keys, repeats, demo_dir)}
     policy = ReleasePolicy.conservative()
     print(
         f"Spearman per setting, mean over {repeats} DP versions (fresh noise); default policy: conservative, "
-        f"automatic private clip (median, {policy.clip_epsilon} of epsilon), delta {policy.delta}, min 10 examples\n"
+        f"automatic private clip (quantile {policy.clip_quantile}, {policy.clip_epsilon} of epsilon), "
+        f"delta {policy.delta}, min 10 examples\n"
     )
     header = f"{'market':<52}{'':<10}" + "".join(f"{'eps ' + str(e) if e else 'no DP':>9}" for e in EPSILONS)
     print(header)

@@ -174,6 +174,19 @@ JSON_VALUES = st.recursive(
 )
 
 
+def with_value(document: dict, path: tuple, bad: object) -> dict:
+    """A deep copy of a JSON document with the value at ``path`` replaced by ``bad`` (or removed)."""
+    edited = json.loads(json.dumps(document))
+    parent = edited
+    for key in path[:-1]:
+        parent = parent[key]
+    if bad is _REMOVE:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = bad
+    return edited
+
+
 def paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
     """Every path (tuple of keys / indices) into a JSON value, the root included."""
     yield prefix
@@ -386,14 +399,7 @@ def sweep_header(message: bytes, call: Callable[[bytes], object]) -> list[str]:
     problems = []
     for path in paths(msg.header):
         for bad in BAD_VALUES if path else []:
-            header = json.loads(json.dumps(msg.header))
-            parent = header
-            for key in path[:-1]:
-                parent = parent[key]
-            if bad is _REMOVE:
-                del parent[path[-1]]
-            else:
-                parent[path[-1]] = bad
+            header = with_value(msg.header, path, bad)
             what = f"header{''.join(f'[{key!r}]' for key in path)} = {'<removed>' if bad is _REMOVE else repr(bad)}"
             try:
                 call(Message(msg.kind, header, msg.blobs).to_bytes())
@@ -552,14 +558,7 @@ def test_every_manifest_field_forged(material):
     with store_copy(material) as path:
         for field_path in paths(manifest):
             for bad in BAD_VALUES if field_path else []:
-                edited = json.loads(json.dumps(manifest))
-                parent = edited
-                for key in field_path[:-1]:
-                    parent = parent[key]
-                if bad is _REMOVE:
-                    del parent[field_path[-1]]
-                else:
-                    parent[field_path[-1]] = bad
+                edited = with_value(manifest, field_path, bad)
                 (path / MANIFEST).write_text(json.dumps(edited))
                 try:
                     refused_or_ok(lambda: read_everything(path))

@@ -544,11 +544,13 @@ def demo(
     ] = Path("tip_demo"),
     quick: Annotated[bool, typer.Option(help="Smaller data (about a minute).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for data splits and training.")] = 0,
+    epsilon: Annotated[float, typer.Option(help="The seller's differential privacy per example.")] = 2.0,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="The seller releases without DP.")] = False,
 ) -> None:
     """The whole marketplace on real offline data: fine-tune, value 8 corpora under CKKS, check by retraining."""
     from .demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out_dir=str(out), quick=quick, seed=seed))
+    result = run_demo(DemoConfig(out_dir=str(out), quick=quick, seed=seed, epsilon=None if no_dp else epsilon))
     typer.echo("\nrank  corpus                      value/example   realized drop  realized rank")
     for r in result.rows:
         typer.echo(
@@ -556,6 +558,11 @@ def demo(
             f"{r['realized_rank']:>15}"
         )
     typer.echo(f"\nrank agreement with realized eval-loss drops: Spearman {result.spearman:.3f}")
+    if result.dp:
+        typer.echo(
+            f"(released under DP, epsilon {result.dp['epsilon']:.3g} per example; without DP noise and clipping: "
+            f"Spearman {result.spearman_noiseless:.3f})"
+        )
     typer.echo(f"report: {out / 'report.md'}, figure: {out / 'valuation.png'}; total {result.seconds['total']:.0f} s")
 
 

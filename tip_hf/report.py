@@ -143,11 +143,24 @@ def render_report(inputs: list[Path], out: Path) -> list[Path]:
             summary = json.loads((path / "summary.json").read_text())
             sections += [f"## Buyer bundle `{path.name}`", "", markdown_table([summary]), ""]
         elif (path / "manifest.json").is_file():
+            from .near_duplicates import near_duplicate_rows
             from .store import SketchStore
 
             store = SketchStore(path)
-            per_corpus = Counter(store.corpus_codes().tolist())  # one pass, not one count per corpus
-            counts = [{"corpus": c, "examples": per_corpus[i]} for i, c in enumerate(store.corpora)]
+            codes = store.corpus_codes()
+            per_corpus = Counter(codes.tolist())  # one pass, not one count per corpus
+            small = len(store) <= 50_000  # one [N, k] array in memory
+            sketches = store.sketches().double().numpy() if small else None
+            counts = []
+            for i, c in enumerate(store.corpora):  # copies in gradient space: the seller's padding, made visible
+                row: dict[str, object] = {"corpus": c, "examples": per_corpus[i]}
+                if sketches is None:
+                    row["near-duplicate sketches"] = "not checked (> 50,000 examples)"
+                else:
+                    clusters = near_duplicate_rows(sketches[(codes == i).numpy()], tol=1e-4)
+                    row["near-duplicate sketches"] = sum(len(cluster) for cluster in clusters)
+                    row["clusters"] = len(clusters)
+                counts.append(row)
             sections += [f"## Seller store `{path.name}` (k = {store.proj_dim}, {len(store)} examples)", ""]
             sections += [markdown_table(counts), ""]
         elif path.suffix == ".json" and path.is_file():

@@ -35,6 +35,7 @@ from torch import nn
 
 from ._version import __version__
 from .errors import SpecMismatchError, StoreCorruptedError
+from .json_depth import MAX_JSON_DEPTH, too_deep
 from .projection import PROJECTION_VERSION
 from .spec import ValuationSpec
 
@@ -46,7 +47,6 @@ ID_BYTES = 32
 _SHARD_NAME = re.compile(r"shard-[0-9]{5,9}\.safetensors")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_ROWS = 2**48  # bound on any count or start in a manifest (len() must fit an index)
-_MAX_DEPTH = 64  # JSON nesting of a manifest; tip_hf writes 3 levels
 
 
 @dataclass(frozen=True)
@@ -353,20 +353,6 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:200]
 
 
-def _too_deep(value: object) -> bool:
-    level: list[object] = [value]
-    for _ in range(_MAX_DEPTH):
-        level = [
-            child
-            for item in level
-            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return False
-    return True
-
-
 def _is_int(value: object, low: int = 0, high: int = _MAX_ROWS) -> bool:
     return type(value) is int and low <= value <= high
 
@@ -378,7 +364,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise _damaged(path, f"is not UTF-8 text ({_first_line(e)})") from e
     except RecursionError as e:
-        raise _damaged(path, f"nests deeper than {_MAX_DEPTH} levels") from e
+        raise _damaged(path, f"nests deeper than {MAX_JSON_DEPTH} levels") from e
     except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
         raise StoreCorruptedError(f"'{path}' is not valid JSON ({_first_line(e)}); the store is damaged.") from e
     if not isinstance(manifest, dict):
@@ -387,8 +373,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         found = manifest.get("format")
         shown = repr(found)[:80] if isinstance(found, str | None) else type(found).__name__
         raise StoreCorruptedError(f"'{path}' has format {shown}, expected {STORE_FORMAT!r}.")
-    if _too_deep(manifest):
-        raise _damaged(path, f"nests deeper than {_MAX_DEPTH} levels")
+    if too_deep(manifest):
+        raise _damaged(path, f"nests deeper than {MAX_JSON_DEPTH} levels")
     for key, kind in (
         ("fingerprint", str),
         ("spec", dict),

@@ -85,6 +85,7 @@ def _settings_key(store: SketchStore, policy: ReleasePolicy) -> str:
         "shards": [entry.get("sha256") for entry in store.manifest["shards"]],
         "epsilon": policy.epsilon,
         "noise_multiplier": policy.noise_multiplier,
+        "min_examples": policy.min_examples,  # which corpora the version was recorded as released for
         "delta": policy.delta,
         "clip_norm": policy.clip_norm,
         "clip_quantile": policy.clip_quantile if policy.auto_clip else None,

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TIPError
+from ..json_depth import MAX_JSON_DEPTH, too_deep
 
 __all__ = ["MessageError", "Message", "header_field", "read_message"]
 
 MAGIC = b"TIPHF\0"
 VERSION = 1
-MAX_HEADER_DEPTH = 64  # nesting of the header JSON; tip_hf's own headers nest 3 deep
+MAX_HEADER_DEPTH = MAX_JSON_DEPTH
 _TOO_DEEP = object()
 
 
@@ -151,27 +152,11 @@ def _parse_header(data: bytes, where: str) -> dict[str, Any]:
         header = _TOO_DEEP
     except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
         raise MessageError(f"The {where} header is not valid JSON ({str(e).splitlines()[0][:120]}).") from None
-    if header is _TOO_DEEP or _too_deep(header):
+    if header is _TOO_DEEP or too_deep(header):
         raise MessageError(f"The {where} header nests deeper than {MAX_HEADER_DEPTH} levels: it is malformed.")
     if not isinstance(header, dict):
         raise MessageError(f"The {where} header is a JSON {type(header).__name__}, not an object: it is malformed.")
     return header
-
-
-def _too_deep(value: object) -> bool:
-    """Whether a parsed JSON value nests deeper than :data:`MAX_HEADER_DEPTH` (no recursion)."""
-    level: list[object] = [value]
-    for _ in range(MAX_HEADER_DEPTH):
-        level = [
-            child
-            for item in level
-            if isinstance(item, dict | list)
-            for child in (item.values() if isinstance(item, dict) else item)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return False
-    return True
 
 
 def read_message(source: bytes | str | os.PathLike[str] | Message, kind: str) -> Message:

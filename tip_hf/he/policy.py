@@ -60,7 +60,9 @@ class ReleasePolicy:
             weight in a corpus: outliers and DP sensitivity). With DP and no ``clip_norm``,
             the seller picks it privately (``clip_quantile`` of the store's sketch norms, by
             the exponential mechanism at ``clip_epsilon``, counted in the epsilon).
-        clip_quantile: the quantile of sketch norms the automatic clip aims at.
+        clip_quantile: the quantile of sketch norms the automatic clip aims at (0.75: on the
+            healthcare market it kept the clipped ranking at Spearman 0.78-1.0 of the unclipped
+            one, where the median gave 0.58-0.99 and noise grows with the clip).
         clip_epsilon: the part of ``epsilon`` spent on choosing the clip automatically.
         flood_bits: statistical security ``s`` of the noise flooding on every returned slot
             (real and imaginary): the flooding std is ``2^s`` times a bound on every
@@ -81,7 +83,7 @@ class ReleasePolicy:
     noise_multiplier: float | None = None
     delta: float = DEFAULT_DELTA
     clip_norm: float | None = None
-    clip_quantile: float = 0.5
+    clip_quantile: float = 0.75
     clip_epsilon: float = 0.1
     flood_bits: int = DEFAULT_FLOOD_BITS
     max_queries: int | None = None
