@@ -184,7 +184,7 @@ def main() -> None:
     policy = ReleasePolicy.conservative()
     print(
         f"Spearman per setting, mean over {repeats} DP versions (fresh noise); default policy: conservative, "
-        f"automatic private clip (quantile {policy.clip_quantile}, {policy.clip_epsilon} of epsilon), "
+        f"automatic private clip (quantile {policy.clip_quantile}, {policy.clip_budget} of epsilon), "
         f"delta {policy.delta}, min 10 examples\n"
     )
     header = f"{'market':<52}{'':<10}" + "".join(f"{'eps ' + str(e) if e else 'no DP':>9}" for e in EPSILONS)

@@ -9,8 +9,8 @@ model or spec) or another policy. Versions of a corpus compose; :class:`SellerLe
 accounts for them and can cap the total (``max_epsilon``).
 
 Without ``clip_norm`` the clip is chosen privately: the exponential mechanism picks a power
-of sqrt(2) near the ``clip_quantile`` of the store's sketch norms (utility = minus the rank
-distance, sensitivity 1), costing ``clip_epsilon`` (pure DP, composed by addition).
+of two near the ``clip_quantile`` of the store's sketch norms (utility = minus the rank
+distance, sensitivity 1), costing ``clip_budget`` (pure DP, composed by addition).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["DPVersion", "clip_rows", "noised_sums", "prepare_version", "private_
 
 DP_DIR = "dp"
 STATE = "state.json"
-CLIP_GRID = 2.0 ** (np.arange(-80, 81) / 2)  # powers of sqrt(2): 2^-40 .. 2^40
+CLIP_GRID = 2.0 ** np.arange(-32, 33)  # 65 powers of two: a data-independent grid
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _settings_key(store: SketchStore, policy: ReleasePolicy) -> str:
         "delta": policy.delta,
         "clip_norm": policy.clip_norm,
         "clip_quantile": policy.clip_quantile if policy.auto_clip else None,
-        "clip_epsilon": policy.clip_epsilon if policy.auto_clip else None,
+        "clip_epsilon": policy.clip_budget,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -112,8 +112,8 @@ def prepare_version(store: SketchStore, policy: ReleasePolicy, corpora: list[str
             return DPVersion(**state["version"]), folder / state["sums"]
     rng = np.random.default_rng(secrets.randbits(128))
     multiplier = policy.gaussian_noise_multiplier()
-    pure = policy.clip_epsilon if policy.auto_clip else 0.0
-    clip = policy.clip_norm or private_clip_norm(_norms(store), policy.clip_quantile, policy.clip_epsilon, rng)
+    pure = policy.clip_budget
+    clip = policy.clip_norm or private_clip_norm(_norms(store), policy.clip_quantile, pure, rng)
     ledger = SellerLedger(policy.ledger) if policy.ledger else None
     if ledger is not None and policy.max_epsilon is not None:
         for corpus in corpora:

@@ -59,11 +59,14 @@ class ReleasePolicy:
         clip_norm: clip every sketch to this L2 norm before summing (bounds one example's
             weight in a corpus: outliers and DP sensitivity). With DP and no ``clip_norm``,
             the seller picks it privately (``clip_quantile`` of the store's sketch norms, by
-            the exponential mechanism at ``clip_epsilon``, counted in the epsilon).
+            the exponential mechanism, counted in the epsilon).
         clip_quantile: the quantile of sketch norms the automatic clip aims at (0.75: on the
             healthcare market it kept the clipped ranking at Spearman 0.78-1.0 of the unclipped
             one, where the median gave 0.58-0.99 and noise grows with the clip).
-        clip_epsilon: the part of ``epsilon`` spent on choosing the clip automatically.
+        clip_epsilon: the part of ``epsilon`` spent on choosing the clip automatically
+            (default ``min(0.5, epsilon / 4)``: the exponential mechanism over 65 powers of two
+            lands within ~``15 / clip_epsilon`` examples of the target rank (95%), so a smaller share
+            picks nonsense clips on stores of a few hundred examples).
         flood_bits: statistical security ``s`` of the noise flooding on every returned slot
             (real and imaginary): the flooding std is ``2^s`` times a bound on every
             data-dependent evaluation error (:mod:`tip_hf.he.kernel`).
@@ -84,7 +87,7 @@ class ReleasePolicy:
     delta: float = DEFAULT_DELTA
     clip_norm: float | None = None
     clip_quantile: float = 0.75
-    clip_epsilon: float = 0.1
+    clip_epsilon: float | None = None
     flood_bits: int = DEFAULT_FLOOD_BITS
     max_queries: int | None = None
     max_epsilon: float | None = None
@@ -116,7 +119,7 @@ class ReleasePolicy:
             raise bad(f"`delta` must be in (0, 0.01), got {self.delta!r}")
         if not 0 < self.clip_quantile < 1:
             raise bad(f"`clip_quantile` must be in (0, 1), got {self.clip_quantile!r}")
-        if self.dp and self.clip_norm is None and not 0 < self.clip_epsilon < (self.epsilon or math.inf):
+        if self.auto_clip and not 0 < self.clip_budget < (self.epsilon or math.inf):
             raise bad(f"`clip_epsilon` must be in (0, epsilon), got {self.clip_epsilon!r}")
         if self.dp and self.allow_example_release:
             raise bad("per-example release cannot be differentially private; pass allow_example_release=False")
@@ -135,19 +138,27 @@ class ReleasePolicy:
     def auto_clip(self) -> bool:
         return self.dp and self.clip_norm is None
 
+    @property
+    def clip_budget(self) -> float:
+        """The epsilon spent on the automatic clip (0 with a fixed ``clip_norm``)."""
+        if not self.auto_clip:
+            return 0.0
+        if self.clip_epsilon is not None:
+            return float(self.clip_epsilon)
+        return min(0.5, (self.epsilon or 2.0) / 4)
+
     def gaussian_noise_multiplier(self) -> float:
         """Noise std / sensitivity of the Gaussian step (the analytic Gaussian mechanism)."""
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
         if self.epsilon is None:
             raise PolicyError("This policy has no differential privacy.")
-        spend = self.epsilon - (self.clip_epsilon if self.auto_clip else 0.0)
+        spend = self.epsilon - self.clip_budget
         return float(dp_accounting.get_sigma_gaussian(spend, self.delta))
 
     def version_epsilon(self) -> float:
         """(epsilon, delta)-DP of one corpus version: clip choice + Gaussian sum."""
-        pure = self.clip_epsilon if self.auto_clip else 0.0
-        return pure + gaussian_epsilon([self.gaussian_noise_multiplier()], self.delta)
+        return self.clip_budget + gaussian_epsilon([self.gaussian_noise_multiplier()], self.delta)
 
     def public_summary(self) -> dict[str, Any]:
         """What the result header states about the policy (no paths, no buyer names)."""
