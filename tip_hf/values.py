@@ -9,7 +9,16 @@ import torch
 
 from .store import SketchStore
 
-__all__ = ["CorpusRows", "Values", "plaintext_values"]
+__all__ = ["CorpusRows", "Values", "clip_rows", "plaintext_values"]
+
+
+def clip_rows(sketches: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """Scale every row to L2 norm <= ``clip`` (no-op without a clip): the seller's clipping,
+    which the buyer repeats when it recomputes delivered values."""
+    if clip is None:
+        return sketches
+    norms = sketches.norm(dim=1, keepdim=True).clamp(min=1e-300)
+    return sketches * (clip / norms).clamp(max=1.0)
 
 
 class CorpusRows:
@@ -55,10 +64,7 @@ def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, cl
     names = store.corpora
     parts, codes, ids = [], [], []
     for shard in store.shards():
-        sketches = shard.sketches.double()
-        if clip_norm is not None:
-            sketches = sketches * (clip_norm / sketches.norm(dim=1, keepdim=True).clamp(min=1e-300)).clamp(max=1.0)
-        parts.append((sketches @ q).numpy())
+        parts.append((clip_rows(shard.sketches.double(), clip_norm) @ q).numpy())
         codes.append(shard.corpus.numpy())
         ids.extend(example.tobytes() for example in shard.ids.numpy())
     values = np.concatenate(parts) if parts else np.zeros(0)

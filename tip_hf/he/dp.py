@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..store import SketchStore
 from .policy import PolicyError, ReleasePolicy, SellerLedger
 
-__all__ = ["DPVersion", "clip_rows", "noised_sums", "prepare_version", "private_clip_norm"]
+__all__ = ["DPVersion", "noised_sums", "prepare_version", "private_clip_norm"]
 
 DP_DIR = "dp"
 STATE = "state.json"
@@ -59,14 +59,6 @@ class DPVersion:
             "delta": self.delta,
             "neighbouring": "one example replaced",
         }
-
-
-def clip_rows(sketches: torch.Tensor, clip: float | None) -> torch.Tensor:
-    """Scale every row to L2 norm <= ``clip`` (no-op without a clip)."""
-    if clip is None:
-        return sketches
-    norms = sketches.norm(dim=1, keepdim=True).clamp(min=1e-300)
-    return sketches * (clip / norms).clamp(max=1.0)
 
 
 def private_clip_norm(norms: np.ndarray, quantile: float, epsilon: float, rng: np.random.Generator) -> float:

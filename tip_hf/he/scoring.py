@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..distributed import rank_and_world
 from ..errors import SpecMismatchError, TIPError
 from ..store import SketchStore
+from ..values import clip_rows
 from . import dp
 from .kernel import QueryKernel
 from .keys import BuyerKeys, PublicContext
@@ -248,7 +249,7 @@ def _score_corpora(
     ids: list[list[bytes]] = [[] for _ in names]
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
         codes = shard.corpus.long()
-        totals.index_add_(0, codes, dp.clip_rows(shard.sketches.double(), clip))
+        totals.index_add_(0, codes, clip_rows(shard.sketches.double(), clip))
         counts += np.bincount(codes.numpy(), minlength=len(names))
         for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
             ids[code].append(example_id.tobytes())
@@ -332,7 +333,7 @@ def _score_examples(
 
     def jobs() -> Iterator[tuple[np.ndarray, int]]:
         for sketches, ids, codes in _blocks(store, kernel.params.slots):
-            rows = dp.clip_rows(sketches.double(), policy.clip_norm).numpy()
+            rows = clip_rows(sketches.double(), policy.clip_norm).numpy()
             exponent = _pow2_at_least(float(np.linalg.norm(rows, axis=1).max(initial=0.0)))
             all_ids.extend(row.tobytes() for row in ids.numpy())
             blocks.append({"count": len(ids), "exponent": exponent, "corpus": [names[c] for c in codes.tolist()]})
