@@ -297,7 +297,6 @@ def verify(
     from .data import example_ids_by_corpus, load_corpus
     from .dataset import sketch_dataset
     from .he import BuyerKeys, decrypt_scores, verify_commitment, verify_values
-    from .store import SketchStore
     from .values import plaintext_values
 
     _need(scores, "scores file", "the seller's `tip score` writes it")
@@ -310,17 +309,18 @@ def verify(
         raise ValueError(f"'{opening}' is not an opening file ({err}).") from None
     data = load_corpus(dataset, config=config, split=split)
     net, tokenizer = _load_model(model, b.spec.task)
+    corpus_column = _corpus_column(data, corpus_column, corpus)
+    released = [str(r["corpus"]) for r in table.rows if r["released"]]
+    if corpus is None and corpus_column is None and len(released) == 1:
+        corpus = released[0]  # one delivered corpus, one released: it is that one
     columns = {
         "text_column": text_column,
         "label_column": label_column,
-        "corpus_column": _corpus_column(data, corpus_column, corpus),
+        "corpus_column": corpus_column,
         "corpus": corpus,
         "max_length": max_length,
     }
     ids = example_ids_by_corpus(data, b.spec, tokenizer=tokenizer, **columns)
-    released = [str(r["corpus"]) for r in table.rows if r["released"]]
-    if corpus is None and columns["corpus_column"] is None and len(ids) == 1 and len(released) == 1:
-        ids = {released[0]: next(iter(ids.values()))}  # one delivered corpus, one released: it is that one
     committed = verify_commitment(scores, ids, opened)
     with tempfile.TemporaryDirectory(prefix="tip-verify-") as tmp:
         store = sketch_dataset(
@@ -334,10 +334,8 @@ def verify(
             fingerprint=b.fingerprint,
             **columns,
         )
-        values = plaintext_values(b.query, SketchStore(store.path), clip_norm=table.clip_norm)
+        values = plaintext_values(b.query, store, clip_norm=table.clip_norm)
     recomputed = {name: float(values[name]["sum"]) for name in values.as_dict()}
-    if set(recomputed) != set(ids):
-        recomputed = {name: recomputed[next(iter(recomputed))] for name in ids}  # the single-corpus rename
     checked = verify_values(table, recomputed)
     flags = _near_duplicate_flags(data, columns["text_column"], ids)
     ok = True

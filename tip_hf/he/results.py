@@ -75,13 +75,6 @@ def _result(source: ScoredResult | Message | bytes | str | os.PathLike[str]) -> 
     return read_message(source.message if isinstance(source, ScoredResult) else source, RESULT_KIND)
 
 
-def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = header.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise MessageError(f"The scores header lacks or mistypes `{name}`; the file is damaged or forged.")
-    return value
-
-
 def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLike[str], keys: BuyerKeys) -> ScoreTable:
     """Buyer side: decrypt a result into a ranked per-corpus table (or per-example values)."""
     result = _result(result_msg)
@@ -94,11 +87,11 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
     query_id = header.get("query_id")
     if not isinstance(query_id, str) or query_id not in keys.query_exponents:
         raise MessageError(f"Query {str(query_id)[:40]!r} was not made with these keys (no record of it).")
-    hashes = _field(header, "blob_sha256", list)
+    hashes = result.field("blob_sha256", list)
     if hashes != [hashlib.sha256(blob).hexdigest() for blob in result.blobs]:
         raise MessageError("The scores' ciphertexts do not match their header (swapped, dropped or edited).")
     q_exp = keys.query_exponents[query_id]
-    flood = _field(header, "flood_std", float)
+    flood = result.field("flood_std", float)
     context = keys.public.context
     decryptor, encoder = seal.Decryptor(context, keys.secret_key), seal.CKKSEncoder(context)
 
@@ -116,7 +109,7 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
     release = header.get("release")
     if release == "example":
         parts, labels = [], []
-        blocks = _field(header, "blocks", list)
+        blocks = result.field("blocks", list)
         if len(blocks) != len(result.blobs):
             raise MessageError("The scores header lists another number of blocks than it holds ciphertexts.")
         for blob, block in zip(result.blobs, blocks, strict=True):
@@ -132,14 +125,14 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
         )
     if release != "corpus":
         raise MessageError(f"The scores declare an unknown release {release!r}.")
-    exponent = _field(header, "exponent", int)
+    exponent = result.field("exponent", int)
     if abs(exponent) > 1000:
         raise MessageError("The scores header's scale exponent is out of range; the file is damaged or forged.")
     dp = header.get("dp")
     sigma = float(dp["sigma"]) if isinstance(dp, dict) and isinstance(dp.get("sigma"), float) else 0.0
     decoded = [slots(blob) for blob in result.blobs]
     rows = []
-    for c in _field(header, "corpora", list):
+    for c in result.field("corpora", list):
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             raise MessageError("The scores header has a malformed corpus entry.")
         row: dict[str, object] = {"corpus": c["name"], "released": bool(c.get("released"))}
