@@ -2,34 +2,80 @@
 
 Influence functions on seeded Johnson-Lindenstrauss sketches of per-example gradients,
 scored under CKKS homomorphic encryption.
+
+Names are imported on first use (PEP 562), so ``import tip_hf`` and ``tip --help`` do not
+load torch, transformers or TenSEAL until a command needs them.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .bundle import Bundle, load_bundle
-from .callback import TIPCallback
-from .dataset import sketch_dataset
-from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
-from .sketcher import GradientSketcher
-from .spec import ValuationSpec
-from .store import SketchStore
-from .trainer import TIPTrainer
-from .values import Values, plaintext_values
+
+_EXPORTS = {
+    "Bundle": "bundle",
+    "load_bundle": "bundle",
+    "TIPCallback": "callback",
+    "sketch_dataset": "dataset",
+    "NonFiniteGradientError": "errors",
+    "SpecMismatchError": "errors",
+    "StoreCorruptedError": "errors",
+    "TargetError": "errors",
+    "TIPError": "errors",
+    "GradientSketcher": "sketcher",
+    "ValuationSpec": "spec",
+    "SketchStore": "store",
+    "TIPTrainer": "trainer",
+    "Values": "values",
+    "plaintext_values": "values",
+    "load_corpus": "data",
+    "example_ids_by_corpus": "data",
+}
 
 __all__ = [
     "Bundle",
-    "load_bundle",
-    "ValuationSpec",
     "GradientSketcher",
-    "sketch_dataset",
+    "NonFiniteGradientError",
     "SketchStore",
+    "SpecMismatchError",
+    "StoreCorruptedError",
     "TIPCallback",
     "TIPError",
     "TIPTrainer",
     "TargetError",
+    "ValuationSpec",
     "Values",
-    "SpecMismatchError",
-    "NonFiniteGradientError",
-    "StoreCorruptedError",
     "__version__",
+    "example_ids_by_corpus",
+    "load_bundle",
+    "load_corpus",
     "plaintext_values",
+    "sketch_dataset",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bundle import Bundle, load_bundle
+    from .callback import TIPCallback
+    from .data import example_ids_by_corpus, load_corpus
+    from .dataset import sketch_dataset
+    from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
+    from .sketcher import GradientSketcher
+    from .spec import ValuationSpec
+    from .store import SketchStore
+    from .trainer import TIPTrainer
+    from .values import Values, plaintext_values
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tip_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

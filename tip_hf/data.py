@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import _chunks, _columns, _Examples
 from .errors import TIPError
+from .examples import ExampleFormat, Examples, chunks, columns
 from .spec import ValuationSpec
 
 __all__ = ["DataSourceError", "TXT_CORPUS_COLUMN", "load_corpus", "example_ids_by_corpus"]
@@ -144,23 +144,13 @@ def example_ids_by_corpus(
     batch_size: int = 256,
     feature_column: str | None = None,
 ) -> dict[str, list[bytes]]:
-    """Example ids (:func:`tip_hf.dataset.example_id`) per corpus, in dataset order, made
+    """Example ids (:mod:`tip_hf.examples`) per corpus, in dataset order, made
     exactly as :func:`sketch_dataset` makes them: what a buyer checks a delivery against the
     seller's commitment with (:func:`tip_hf.he.verify_commitment`). Needs no model."""
-    examples = _Examples(
-        spec,
-        _columns(dataset),
-        tokenizer,
-        text_column,
-        label_column,
-        corpus_column,
-        corpus,
-        max_length,
-        None,
-        feature_column,
-    )
+    fmt = ExampleFormat(text_column, label_column, corpus_column, corpus, max_length, feature_column)
+    examples = Examples(spec, columns(dataset), tokenizer, fmt, tokenise=False)
     out: dict[str, list[bytes]] = {}
-    for lo, chunk in _chunks(dataset, 0, batch_size):
-        for row in examples.rows(chunk, lo):
+    for lo, chunk in chunks(dataset, 0, batch_size):
+        for row in examples.raw(chunk, lo):
             out.setdefault(str(row["corpus"]), []).append(bytes(row["id"]))
     return out

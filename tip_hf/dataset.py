@@ -1,12 +1,19 @@
-"""`sketch_dataset`: a `datasets.Dataset` in, a resumable :class:`SketchStore` out."""
+"""`sketch_dataset`: a `datasets.Dataset` in, a resumable :class:`SketchStore` out.
+
+One process writes shards in order into the manifest; several processes (``accelerate
+launch``), or a relaunch after a killed rank, go through :mod:`tip_hf.distributed`'s shard
+plan. Either way: a lock keeps a second writer out, every row a resumed run skips is checked
+against the store's ids, and a run that wrote nothing leaves nothing behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,290 +22,65 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .distributed import RECORD_PREFIX, ShardPlan, barrier, merge_rank_records, rank_and_world
-from .errors import SpecMismatchError, TIPError
-from .loss import IGNORE_INDEX
-from .sketcher import GradientSketcher, _max_positions
+from .distributed import RECORD_PREFIX, ShardPlan, barrier, merge_rank_records, rank_and_world, recorded_entries
+from .errors import DataError, SpecMismatchError, StoreBusyError, TIPError
+from .examples import (
+    DEFAULT_CORPUS,
+    IDS_VERSION,
+    ExampleFormat,
+    Examples,
+    chunks,
+    columns,
+    dense_example_id,
+    example_id,
+    is_map_style,
+    text_example_id,
+)
+from .sketcher import GradientSketcher
 from .spec import ValuationSpec
-from .store import MANIFEST, SketchStore, StoreWriter
+from .store import MANIFEST, SketchStore, StoreWriter, read_shard_tensors
 
 __all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset", "text_example_id"]
 
+# kept importable from here: ids and corpus defaults used to live in this module
+__all__ += ["DEFAULT_CORPUS", "IDS_VERSION"]
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_CORPUS = "all"
+LOCK = ".lock"
 
 
-IDS_VERSION = "raw/2"  # ids hash the raw example (text or all tokens/features, label), never truncated tokens
+def model_facts(model: nn.Module, spec: ValuationSpec) -> dict[str, Any]:
+    """What :class:`Examples` checks rows against: positions, classes, vocabulary, pad id."""
+    config = getattr(model, "config", None)
+    facts: dict[str, Any] = {"max_positions": None, "num_labels": None, "multi_label": False}
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            facts["max_positions"] = value
+            break
+    if spec.task == "sequence_classification" and config is not None:
+        num_labels = getattr(config, "num_labels", None)
+        facts["num_labels"] = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
+        facts["multi_label"] = getattr(config, "problem_type", None) == "multi_label_classification"
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    facts["vocab_size"] = size if isinstance(size, int) else None
+    pad = getattr(config, "pad_token_id", None)
+    facts["pad_id"] = pad if isinstance(pad, int) else None
+    return facts
 
 
-def text_example_id(text: str, label: Any = None) -> bytes:
-    """SHA-256 content hash (32 bytes) of a raw text example: its exact UTF-8 text (before any
-    tokenisation or truncation, so case, accents and text past ``max_length`` count) and its
-    label. What the seller commits to and the buyer checks a delivery with."""
-    h = hashlib.sha256(b"tip_hf-text-example/2")
-    h.update(b"text" + len(text.encode()).to_bytes(8, "little") + text.encode())
-    if label is not None:
-        h.update(b"label" + repr(label if not isinstance(label, list) else [int(x) for x in label]).encode())
-    return h.digest()
-
-
-def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequence[int] | None = None) -> bytes:
-    """SHA-256 content hash (32 bytes) of a pre-tokenised example: *all* its token ids (before
-    truncation), its label (class id or label token ids) and token type ids, if any."""
-    h = hashlib.sha256(b"tip_hf-example/1")
-    h.update(b"ids" + torch.tensor(list(input_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
-    if token_type_ids is not None:
-        h.update(b"tt" + torch.tensor(list(token_type_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
-    if label is not None:
-        h.update(b"label" + repr(label if not isinstance(label, list) else [int(x) for x in label]).encode())
-    return h.digest()
-
-
-def _plain_label(label: Any) -> Any:
-    """A label as plain Python (numpy/torch scalars and arrays, tuples -> int/float/list; -0.0 -> 0.0),
-    so ids and batch dtypes do not depend on the dataset's format."""
-    if hasattr(label, "tolist"):
-        label = label.tolist()
-    if isinstance(label, tuple):
-        label = list(label)
-    if isinstance(label, float):
-        return label + 0.0
-    if isinstance(label, list):
-        return [v + 0.0 if isinstance(v, float) else v for v in label]
-    return label
-
-
-def _label_dtype(values: list[Any]) -> torch.dtype:
-    """float32 when any label is a float (regression) or a list (multi-label targets), else long."""
-    return torch.float32 if any(isinstance(v, float | list) for v in values) else torch.long
-
-
-def dense_example_id(features: torch.Tensor, label: Any = None) -> bytes:
-    """SHA-256 content hash of a dense example: its shape, its ``float32`` values, its label."""
-    x = torch.as_tensor(features, dtype=torch.float32).contiguous()
-    h = hashlib.sha256(b"tip_hf-dense-example/1")
-    h.update(b"shape" + repr(tuple(x.shape)).encode())
-    h.update(b"x" + x.numpy().astype("<f4").tobytes())
-    if label is not None:
-        h.update(b"label" + repr(label if not isinstance(label, list) else [float(v) for v in label]).encode())
-    return h.digest()
-
-
-class _Examples:
-    """Turns rows of a dataset into tokenised examples with ids and corpus labels."""
-
-    def __init__(
-        self,
-        spec: ValuationSpec,
-        columns: Sequence[str],
-        tokenizer: Any,
-        text_column: str,
-        label_column: str | None,
-        corpus_column: str | None,
-        corpus: str | None,
-        max_length: int | None,
-        max_positions: int | None,
-        feature_column: str | None = None,
-    ) -> None:
-        self.spec, self.tokenizer = spec, tokenizer
-        self.text_column, self.corpus_column, self.corpus = text_column, corpus_column, corpus
-        self.max_length, self.max_positions = max_length, max_positions
-        self.feature_column = feature_column
-        self.pretokenised = "input_ids" in columns
-        if feature_column is not None:
-            if feature_column not in columns:
-                raise KeyError(f"feature_column `{feature_column}` is not a column of the dataset ({list(columns)}).")
-            if spec.task != "sequence_classification":
-                raise ValueError("Dense inputs (`feature_column`) need task='sequence_classification'.")
-        elif not self.pretokenised:
-            if text_column not in columns:
-                raise KeyError(
-                    f"The dataset has neither `input_ids` nor a `{text_column}` column "
-                    f"(columns: {list(columns)}). Pass text_column=... or a tokenised dataset."
-                )
-            if tokenizer is None:
-                raise ValueError(
-                    f"The dataset has a `{text_column}` column but no tokenizer was given: "
-                    "pass tokenizer=AutoTokenizer.from_pretrained(...)."
-                )
-        if label_column is None:
-            candidates = ("labels", "label") if spec.task == "sequence_classification" else ("labels",)
-            label_column = next((c for c in candidates if c in columns), None)
-            if spec.task == "sequence_classification" and label_column is None:
-                raise KeyError(
-                    f"`sequence_classification` needs a label column; none of {candidates} "
-                    f"in {list(columns)}. Pass label_column=...."
-                )
-        elif label_column not in columns:
-            raise KeyError(f"label_column `{label_column}` is not a column of the dataset ({list(columns)}).")
-        if corpus_column is not None and corpus_column not in columns:
-            raise KeyError(f"corpus_column `{corpus_column}` is not a column of the dataset ({list(columns)}).")
-        self.label_column = label_column
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "text_column": None if self.pretokenised or self.feature_column else self.text_column,
-            "label_column": self.label_column,
-            "corpus_column": self.corpus_column,
-            "corpus": self.corpus,
-            "max_length": self.max_length,
-            "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
-            "ids": IDS_VERSION,
-        } | ({"feature_column": self.feature_column} if self.feature_column else {})
-
-    def _dense_rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
-        rows = []
-        for i, value in enumerate(batch[self.feature_column]):  # type: ignore[index]
-            x = torch.as_tensor(value, dtype=torch.float32)
-            if x.numel() == 0:
-                raise ValueError(f"Example {start + i} has an empty `{self.feature_column}`; remove empty rows.")
-            if not torch.isfinite(x).all():
-                raise ValueError(
-                    f"Example {start + i} has NaN/Inf in `{self.feature_column}`; impute or drop it first."
-                )
-            label = _plain_label(batch[self.label_column][i]) if self.label_column else None
-            corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
-            rows.append({"features": x, "label": label, "corpus": corpus, "id": dense_example_id(x, label)})
-        return rows
-
-    def rows(self, batch: dict[str, list[Any]], start: int) -> list[dict[str, Any]]:
-        if self.feature_column is not None:
-            return self._dense_rows(batch, start)
-        n = len(next(iter(batch.values())))
-        if self.pretokenised:
-            input_ids = [list(x) for x in batch["input_ids"]]
-        else:
-            texts = batch[self.text_column]
-            bad = [start + i for i, t in enumerate(texts) if not isinstance(t, str)]
-            if bad:
-                raise TypeError(f"Column `{self.text_column}` holds non-text values at rows {bad[:5]}.")
-            input_ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        token_types = batch.get("token_type_ids")
-        rows = []
-        for i in range(n):
-            ids = input_ids[i]
-            tt = list(token_types[i]) if token_types is not None else None
-            label = _plain_label(batch[self.label_column][i]) if self.label_column else None
-            raw_id = example_id(ids, label, tt) if self.pretokenised else text_example_id(texts[i], label)
-            limit = self.max_length or self.max_positions
-            if limit is not None and len(ids) > limit:
-                if self.max_length is None:
-                    raise ValueError(
-                        f"Example {start + i} has {len(ids)} tokens, more than the model's {limit} positions. "
-                        f"Pass max_length={limit} (or less) to truncate, or split long documents."
-                    )
-                ids, tt = ids[: self.max_length], None if tt is None else tt[: self.max_length]
-                label = label[: self.max_length] if isinstance(label, list) else label
-            if len(ids) == 0:
-                raise ValueError(f"Example {start + i} has no tokens; remove empty rows from the dataset.")
-            corpus = str(batch[self.corpus_column][i]) if self.corpus_column else (self.corpus or DEFAULT_CORPUS)
-            rows.append({"input_ids": ids, "token_type_ids": tt, "label": label, "corpus": corpus, "id": raw_id})
-        return rows
-
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-pad a list of examples into a Trainer-style batch (dense ones: stack them)."""
-        feature_column, task = self.feature_column, self.spec.task
-        pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        pad_id = 0 if pad_id is None else int(pad_id)
-        if feature_column is not None:
-            shapes = {tuple(r["features"].shape) for r in rows}
-            if len(shapes) != 1:
-                raise ValueError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
-            values = [r["label"] for r in rows]
-            labels = torch.tensor(values, dtype=_label_dtype(values))
-            return {feature_column: torch.stack([r["features"] for r in rows]), "labels": labels}
-        length = max(len(r["input_ids"]) for r in rows)
-        n = len(rows)
-        input_ids = torch.full((n, length), pad_id, dtype=torch.long)
-        mask = torch.zeros(n, length, dtype=torch.long)
-        batch: dict[str, torch.Tensor] = {}
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        if rows[0]["token_type_ids"] is not None:
-            tt = torch.zeros(n, length, dtype=torch.long)
-            for i, r in enumerate(rows):
-                tt[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"])
-            batch["token_type_ids"] = tt
-        if task == "causal_lm":
-            labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
-            for i, r in enumerate(rows):
-                row = r["label"] if r["label"] is not None else r["input_ids"]
-                labels[i, : len(row)] = torch.tensor(row)
-        else:
-            values = [r["label"] for r in rows]
-            labels = torch.tensor(values, dtype=_label_dtype(values))
-        batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
-        return batch
-
-
-def _sketch_rows(
-    sketcher: GradientSketcher, examples: _Examples, rows: list[dict[str, Any]], batch_size: int, bar: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sketches ``[n, k]`` (CPU) and ids ``[n, 32]`` of one shard's rows, ``batch_size`` at a time."""
-    parts = []
-    for b in range(0, len(rows), batch_size):
-        batch = rows[b : b + batch_size]
-        parts.append(sketcher.sketch(examples.collate(batch)).cpu())
-        bar.update(len(batch))
-    return torch.cat(parts), torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
-
-
-def _chunks(dataset: Any, start: int, size: int) -> Iterator[tuple[int, dict[str, list[Any]]]]:
-    """Column-dict chunks of ``size`` rows from row ``start`` (map-style or streaming)."""
-    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
-        for lo in range(start, len(dataset), size):
-            yield lo, dataset[lo : lo + size]
-        return
-    iterator = iter(dataset.skip(start) if hasattr(dataset, "skip") else dataset)
-    lo = start
-    while True:
-        rows = [row for _, row in zip(range(size), iterator, strict=False)]
-        if not rows:
-            return
-        yield lo, {key: [row[key] for row in rows] for key in rows[0]}
-        lo += len(rows)
-
-
-def _columns(dataset: Any) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    if names is None:
-        features = getattr(dataset, "features", None)
-        if features is None:
-            first = next(iter(dataset))
-            return list(first)
-        names = list(features)
-    return list(names)
-
-
-def _setup(
-    model: nn.Module,
-    dataset: Any,
-    spec: ValuationSpec,
-    tokenizer: Any,
-    text_column: str,
-    label_column: str | None,
-    corpus_column: str | None,
-    corpus: str | None,
-    max_length: int | None,
-    autocast_dtype: torch.dtype | None,
-    feature_column: str | None = None,
-) -> tuple[GradientSketcher, _Examples]:
-    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
-    examples = _Examples(
-        spec,
-        _columns(dataset),
-        tokenizer,
-        text_column,
-        label_column,
-        corpus_column,
-        corpus,
-        max_length,
-        _max_positions(sketcher.model),
-        feature_column,
-    )
-    return sketcher, examples
+def _tokenizer_digest(tokenizer: Any) -> str | None:
+    """A hash of the tokenizer's vocabulary: a resumed store must be tokenised the same way."""
+    vocab = getattr(tokenizer, "get_vocab", None)
+    if vocab is None:
+        return None
+    try:
+        items = sorted(vocab().items())
+    except Exception:  # a tokenizer without a vocabulary table
+        return None
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 def sketch_dataset(
@@ -346,27 +128,23 @@ def sketch_dataset(
         The completed :class:`SketchStore`.
 
     Raises:
-        SpecMismatchError: ``output_dir`` holds a store made with other settings, model or data.
-        ValueError: empty dataset, empty or over-long example.
+        DataError: empty dataset, or a row that cannot be valued (named, with the fix).
+        SpecMismatchError: ``output_dir`` holds a store made with other settings, model or
+            data (every row a resume would skip is checked).
+        StoreBusyError: another process is writing ``output_dir``.
     """
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size}, {shard_size}.")
-    sketcher, examples = _setup(
-        model,
-        dataset,
-        spec,
-        tokenizer,
-        text_column,
-        label_column,
-        corpus_column,
-        corpus,
-        max_length,
-        autocast_dtype,
-        feature_column,
-    )
-    total = len(dataset) if hasattr(dataset, "__len__") else None
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if type(value) is not int or value < 1:
+            raise DataError(
+                f"`{name}` must be a positive integer, got {value!r}.",
+                cli_fix=f"Pass --{name.replace('_', '-')} N with N >= 1.",
+            )
+    fmt = ExampleFormat(text_column, label_column, corpus_column, corpus, max_length, feature_column)
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
+    total = len(dataset) if is_map_style(dataset) else None
     if total == 0:
-        raise ValueError("The dataset is empty: there is nothing to value.")
+        raise DataError("The dataset is empty: there is nothing to value.")
     expected, fingerprint = fingerprint, spec.fingerprint(sketcher.model)
     if expected is not None and fingerprint != expected:
         raise SpecMismatchError(
@@ -376,6 +154,8 @@ def sketch_dataset(
             "Sketch with exactly the model the buyer published (same weights, config and adapters).",
         )
     source = {**examples.settings(), "num_rows": total, "shard_size": shard_size}
+    if tokenizer is not None and examples.settings()["text_column"] is not None:
+        source["tokenizer_vocab"] = _tokenizer_digest(tokenizer)
     path = Path(output_dir) if output_dir is not None else _default_dir(fingerprint, source, dataset)
     header = {
         "tip_hf_version": __version__,
@@ -385,86 +165,260 @@ def sketch_dataset(
         "proj_dim": spec.proj_dim,
         "source": source,
     }
+    job = _Job(sketcher, examples, dataset, path, header, total, batch_size, shard_size, progress)
     rank, world = rank_and_world()
-    if world > 1:
-        return _sketch_distributed(
-            sketcher, examples, dataset, path, header, total, batch_size, shard_size, overwrite, progress, rank, world
+    with _main_process_lock(path, rank, world) as created:
+        try:
+            return job.run(overwrite, rank, world)
+        except BaseException:
+            if rank == 0:
+                _remove_if_empty(path, created)
+            raise
+
+
+class _Job:
+    """One call of :func:`sketch_dataset`: open or check the store, sketch what is missing."""
+
+    def __init__(
+        self,
+        sketcher: GradientSketcher,
+        examples: Examples,
+        dataset: Any,
+        path: Path,
+        header: dict[str, Any],
+        total: int | None,
+        batch_size: int,
+        shard_size: int,
+        progress: bool,
+    ) -> None:
+        self.sketcher, self.examples, self.dataset, self.path, self.header = sketcher, examples, dataset, path, header
+        self.total, self.batch_size, self.shard_size, self.progress = total, batch_size, shard_size, progress
+
+    def run(self, overwrite: bool, rank: int, world: int) -> SketchStore:
+        error: BaseException | None = None
+        writer = None
+        if rank == 0:
+            try:
+                if overwrite:
+                    _remove_store(self.path)
+                writer = self._open_writer()
+            except BaseException as e:  # every rank must learn that the main process refused
+                error = e
+        if world > 1:
+            flag = [None if error is None else f"{type(error).__name__}: {error}"]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            if error is None and flag[0] is not None:
+                raise TIPError(f"The main process refused to sketch: {flag[0]}")
+        if error is not None:
+            raise error
+        manifest = SketchStore(self.path).manifest
+        if manifest["complete"]:
+            logger.info("Store %s is already complete; nothing to do.", self.path)
+            return SketchStore(self.path)
+        if world > 1 or recorded_entries(self.path):  # several ranks, or a relaunch after them
+            return self._sketch_planned(manifest, rank, world)
+        assert writer is not None
+        return self._sketch_in_order(writer)
+
+    def _bar(self, initial: int, rank: int = 0, world: int = 1) -> Any:
+        where = f" (rank {rank}/{world})" if world > 1 else ""
+        return tqdm(
+            total=self.total,
+            initial=initial,
+            unit="ex",
+            desc=f"sketching -> {self.path.name}{where}",
+            disable=not self.progress or rank != 0,
         )
-    if overwrite and path.exists():
-        _remove_store(path)
-    writer = _open_writer(path, header, examples, dataset)
-    if writer.manifest["complete"]:
-        logger.info("Store %s is already complete; nothing to do.", path)
-        return SketchStore(path)
-    start = writer.next_start
-    bar = tqdm(total=total, initial=start, unit="ex", desc=f"sketching -> {path.name}", disable=not progress)
+
+    def _sketch_rows(self, rows: list[dict[str, Any]], bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sketches ``[n, k]`` (CPU) and ids ``[n, 32]`` of one shard's rows, ``batch_size`` at a time."""
+        parts = []
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b : b + self.batch_size]
+            parts.append(_sketch_batch(self.sketcher, self.examples, batch))
+            bar.update(len(batch))
+        return torch.cat(parts), torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+
+    def _sketch_in_order(self, writer: StoreWriter) -> SketchStore:
+        with self._bar(writer.next_start) as bar:
+            for lo, chunk in chunks(self.dataset, writer.next_start, self.shard_size):
+                rows = self.examples.rows(chunk, lo)
+                sketches, ids = self._sketch_rows(rows, bar)
+                codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
+                writer.append(sketches, ids, codes)
+        if writer.next_start == 0:
+            raise DataError("The dataset is empty: there is nothing to value.")
+        writer.finish()
+        return SketchStore(self.path)
+
+    def _sketch_planned(self, manifest: dict[str, Any], rank: int, world: int) -> SketchStore:
+        """Rank ``r`` sketches shards ``j = r, r + world, ...``; the main process merges (see
+        :mod:`tip_hf.distributed`). Same ids, sketches and order as one process."""
+        dataset, size = self.dataset, self.shard_size
+        plan = ShardPlan(self.path, manifest, rank, world, size)
+        if is_map_style(dataset):
+            todo: Iterator[tuple[int, dict[str, list[Any]]]] = (
+                (j * size, dataset[j * size : (j + 1) * size]) for j in plan.indices(len(dataset))
+            )
+        else:  # a stream: every rank reads it all and sketches only its own shards
+            todo = ((lo, chunk) for lo, chunk in chunks(dataset, 0, size) if plan.wanted(lo // size))
+        rows_seen = 0
+        with self._bar(sum(int(e["count"]) for e in plan.done_entries), rank, world) as bar:
+            for lo, chunk in todo:
+                rows = self.examples.rows(chunk, lo)
+                sketches, ids = self._sketch_rows(rows, bar)
+                plan.write(lo // size, sketches, ids, [r["corpus"] for r in rows], self.header["fingerprint"])
+                rows_seen = max(rows_seen, lo + len(rows))
+        total = self.total
+        if total is None:  # a stream's length: the furthest row any rank saw
+            if world > 1:
+                seen = torch.tensor([rows_seen], dtype=torch.int64)
+                if torch.distributed.get_backend() == "nccl":
+                    seen = seen.cuda()
+                torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+                rows_seen = int(seen.item())
+            total = max(rows_seen, max((int(e["start"]) + int(e["count"]) for e in plan.done_entries), default=0))
+        barrier()
+        if rank == 0:
+            if total == 0:
+                raise DataError("The dataset is empty: there is nothing to value.")
+            merge_rank_records(self.path, SketchStore(self.path).manifest, total)
+        barrier()
+        return SketchStore(self.path)
+
+    def _open_writer(self) -> StoreWriter:
+        path, header = self.path, self.header
+        fix = f"Pick a new output_dir, or pass overwrite=True to discard the store at '{path}'."
+        cli_fix = f"Pick a new --out, or pass --overwrite to discard the store at '{path}'."
+        if not (path / MANIFEST).is_file():
+            self._check_done_rows([], fix, cli_fix)  # every row checked before the first backward pass
+            if path.is_dir() and any(p.name not in (".gitkeep", LOCK) for p in path.iterdir()):
+                raise TIPError(
+                    f"'{path}' exists, is not empty and holds no sketch store.",
+                    fix="Choose a new output_dir.",
+                    cli_fix="Choose a new --out directory.",
+                )
+            return StoreWriter.create(path, header)
+        manifest = SketchStore(path).manifest
+        for key, what in (
+            ("fingerprint", "The spec/model fingerprint"),
+            ("source", "The dataset settings"),
+            ("projection", "The projection"),
+        ):
+            if manifest[key] != header[key]:
+                raise SpecMismatchError(
+                    f"{what} of the existing store at '{path}'", header[key], manifest[key], fix, cli_fix=cli_fix
+                )
+        self._check_done_rows([*manifest["shards"], *recorded_entries(path)], fix, cli_fix)
+        return StoreWriter(path, manifest)
+
+    def _check_done_rows(self, entries: list[dict[str, Any]], fix: str, cli_fix: str) -> None:
+        """Every row a resume skips must be the row that was sketched: recompute its content id
+        (a hash of the raw example, no model) and compare it with the shard's. A map-style
+        dataset is read whole here, so a bad row fails before any backward pass."""
+        entries = sorted(entries, key=lambda e: int(e["start"]))
+        end = max((int(e["start"]) + int(e["count"]) for e in entries), default=0)
+        if not is_map_style(self.dataset) and not end:
+            return
+        if self.total is not None and end > self.total:
+            raise SpecMismatchError(
+                f"The number of rows of the dataset for the existing store at '{self.path}'",
+                f">= {end} (rows already sketched)",
+                self.total,
+                fix,
+                cli_fix=cli_fix,
+            )
+        ids: list[bytes] = []
+        for lo, chunk in chunks(self.dataset, 0, self.shard_size):
+            ids.extend(self.examples.ids(chunk, lo))
+            if len(ids) >= end and not is_map_style(self.dataset):
+                break  # a stream is checked as far as it was sketched; the rest as it is read
+        for entry in entries:
+            start, count = int(entry["start"]), int(entry["count"])
+            stored = read_shard_tensors(self.path, entry)["ids"].numpy()
+            for offset in range(count):
+                index = start + offset
+                if index >= len(ids) or ids[index] != stored[offset].tobytes():
+                    raise SpecMismatchError(
+                        f"Example {index} of the existing store at '{self.path}'",
+                        "the row that was sketched",
+                        "missing from the dataset"
+                        if index >= len(ids)
+                        else "a different example (edited, inserted or removed rows)",
+                        fix,
+                        cli_fix=cli_fix,
+                    )
+
+
+def _sketch_batch(sketcher: GradientSketcher, examples: Examples, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """One backward pass; a model that rejects the dense features' shape gets a clear error."""
+    batch = examples.collate(rows)
     try:
-        for lo, chunk in _chunks(dataset, start, shard_size):
-            rows = examples.rows(chunk, lo)
-            sketches, ids = _sketch_rows(sketcher, examples, rows, batch_size, bar)
-            codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
-            writer.append(sketches, ids, codes)
+        return sketcher.sketch(batch).cpu()
+    except RuntimeError as e:
+        column = examples.fmt.feature_column
+        if column is None or not any(s in str(e) for s in ("shape", "size", "dimension")):
+            raise
+        raise DataError(
+            f"The model does not accept `{column}` of shape {tuple(rows[0]['features'].shape)} per example "
+            f"({str(e).splitlines()[0]}).",
+            fix="Pass the features the model was trained on (same width and order).",
+        ) from None
+
+
+@contextlib.contextmanager
+def _main_process_lock(path: Path, rank: int, world: int) -> Iterator[bool]:
+    """An exclusive lock on the store directory, held by the main process for the whole run:
+    a second ``sketch_dataset`` into the same directory is refused rather than mixing shards.
+    Yields whether this run created the directory."""
+    if rank != 0:
+        yield False
+        return
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield created
+        return
+    lock = path / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise StoreBusyError(
+                f"'{path}' is being written by another process (pid {holder}).",
+                fix="Wait for it to finish (it resumes from the same folder), or write to another output_dir.",
+                cli_fix="Wait for it to finish, or pass another --out.",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield created
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        bar.close()
-    if writer.next_start == 0:
-        raise ValueError("The dataset is empty: there is nothing to value.")
-    writer.finish()
-    return SketchStore(path)
+        os.close(fd)
 
 
-def _sketch_distributed(
-    sketcher: GradientSketcher,
-    examples: _Examples,
-    dataset: Any,
-    path: Path,
-    header: dict[str, Any],
-    total: int | None,
-    batch_size: int,
-    shard_size: int,
-    overwrite: bool,
-    progress: bool,
-    rank: int,
-    world: int,
-) -> SketchStore:
-    """Rank ``r`` sketches shards ``j = r, r + world, ...``; the main process merges (see
-    :mod:`tip_hf.distributed`). Same ids, sketches and order as one process."""
-    if rank == 0:
-        if overwrite and path.exists():
-            _remove_store(path)
-        _open_writer(path, header, examples, dataset)  # creates, or checks settings and data
-    barrier()
-    manifest = SketchStore(path).manifest
-    if manifest["complete"]:
-        return SketchStore(path)
-    plan = ShardPlan(path, manifest, rank, world, shard_size)
-    map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-    if map_style:
-        chunks: Iterator[tuple[int, dict[str, list[Any]]]] = (
-            (j * shard_size, dataset[j * shard_size : (j + 1) * shard_size]) for j in plan.indices(len(dataset))
-        )
-    else:  # a stream: every rank reads it all and sketches only its own shards
-        chunks = ((lo, chunk) for lo, chunk in _chunks(dataset, 0, shard_size) if plan.wanted(lo // shard_size))
-    rows_seen = 0
-    desc = f"sketching -> {path.name} (rank {rank}/{world})"
-    with tqdm(unit="ex", desc=desc, disable=not progress or rank != 0) as bar:
-        for lo, chunk in chunks:
-            rows = examples.rows(chunk, lo)
-            sketches, ids = _sketch_rows(sketcher, examples, rows, batch_size, bar)
-            plan.write(lo // shard_size, sketches, ids, [r["corpus"] for r in rows], header["fingerprint"])
-            rows_seen = max(rows_seen, lo + len(rows))
-    if total is None:  # a stream's length: the furthest row any rank saw
-        seen = torch.tensor([rows_seen], dtype=torch.int64)
-        if torch.distributed.get_backend() == "nccl":
-            seen = seen.cuda()
-        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
-        total = int(seen.item())
-    barrier()
-    if rank == 0:
-        if total == 0:
-            raise ValueError("The dataset is empty: there is nothing to value.")
-        merge_rank_records(path, SketchStore(path).manifest, total)
-    barrier()
-    return SketchStore(path)
+def _remove_if_empty(path: Path, created: bool) -> None:
+    """After a failed run: a store that holds no shard is removed, so a rerun starts clean."""
+    manifest = SketchStore(path).manifest if (path / MANIFEST).is_file() else None
+    if manifest is not None and (manifest["shards"] or recorded_entries(path)):
+        return  # whole shards were kept: a rerun resumes from them
+    if manifest is not None and not created and manifest.get("complete"):
+        return
+    with contextlib.suppress(OSError, TIPError):
+        if manifest is not None:
+            (path / MANIFEST).unlink()
+        for child in path.glob(".manifest*"):
+            child.unlink()
+        if created and path.is_dir() and not any(p.name != LOCK for p in path.iterdir()):
+            shutil.rmtree(path)
 
 
 def _default_dir(fingerprint: str, source: dict[str, Any], dataset: Any) -> Path:
@@ -475,46 +429,15 @@ def _default_dir(fingerprint: str, source: dict[str, Any], dataset: Any) -> Path
 
 def _remove_store(path: Path) -> None:
     if not (path / MANIFEST).is_file():
-        if path.is_dir() and any(path.iterdir()):
-            raise TIPError(f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.")
+        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+            raise TIPError(
+                f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.",
+                cli_fix=f"--overwrite was given but '{path}' is not a sketch store; refusing to delete it.",
+            )
         return
     for child in path.iterdir():
         if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):
             child.unlink()
-    if not any(path.iterdir()):
-        shutil.rmtree(path)
-
-
-def _open_writer(path: Path, header: dict[str, Any], examples: _Examples, dataset: Any) -> StoreWriter:
-    if not (path / MANIFEST).is_file():
-        if path.is_dir() and any(p.name != ".gitkeep" for p in path.iterdir()):
-            raise TIPError(f"'{path}' exists, is not empty and holds no sketch store; choose a new output_dir.")
-        return StoreWriter.create(path, header)
-    store = SketchStore(path)
-    manifest = store.manifest
-    fix = f"Pick a new output_dir, or pass overwrite=True to discard the store at '{path}'."
-    for key, what in (
-        ("fingerprint", "The spec/model fingerprint"),
-        ("source", "The dataset settings"),
-        ("projection", "The projection"),
-    ):
-        if manifest[key] != header[key]:
-            raise SpecMismatchError(f"{what} of the existing store at '{path}'", header[key], manifest[key], fix)
-    # The data must be the same rows too: recompute the first and last id of every shard
-    # (map-style datasets; a streaming dataset would have to be re-read from the start).
-    map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-    for entry, shard in zip(manifest["shards"] if map_style else [], store.shards(), strict=False):
-        for offset in (0, int(entry["count"]) - 1):
-            index = int(entry["start"]) + offset
-            row = next(_chunks(dataset, index, 1))[1]
-            if examples.rows(row, index)[0]["id"] != bytes(shard.ids[offset].tolist()):
-                raise SpecMismatchError(
-                    f"Example {index} of the existing store at '{path}'",
-                    "the dataset's row",
-                    "a different example",
-                    fix,
-                )
-    return StoreWriter(path, manifest)
 
 
 def mean_sketch(
@@ -534,29 +457,19 @@ def mean_sketch(
     """``(sum of sketches [k] float64, count, mean loss)`` over a dataset, nothing written to
     disk: the buyer's eval gradient ``g = sum / count`` and eval loss (same examples handling
     as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
-    sketcher, examples = _setup(
-        model,
-        dataset,
-        spec,
-        tokenizer,
-        text_column,
-        label_column,
-        None,
-        None,
-        max_length,
-        autocast_dtype,
-        feature_column,
-    )
+    fmt = ExampleFormat(text_column, label_column, max_length=max_length, feature_column=feature_column)
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
     total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
     size = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
-        for lo, chunk in _chunks(dataset, 0, batch_size):
+        for lo, chunk in chunks(dataset, 0, batch_size):
             rows = examples.rows(chunk, lo)
-            sketches = sketcher.sketch(examples.collate(rows))
+            sketches = _sketch_batch(sketcher, examples, rows)
             total += sketches.double().sum(0).cpu()
             loss_sum += float(sketcher.last_losses.double().sum())
             count += len(rows)
             bar.update(len(rows))
     if count == 0:
-        raise ValueError("The evaluation dataset is empty.")
+        raise DataError("The evaluation dataset is empty: there is no eval gradient to value against.")
     return total, count, loss_sum / count

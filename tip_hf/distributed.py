@@ -23,7 +23,7 @@ import torch
 from .errors import StoreCorruptedError
 from .store import MANIFEST, _atomic_write, check_shard_entry, read_shard_tensors, write_shard
 
-__all__ = ["rank_and_world", "barrier", "ShardPlan", "merge_rank_records"]
+__all__ = ["rank_and_world", "barrier", "ShardPlan", "merge_rank_records", "recorded_entries"]
 
 RECORD_PREFIX = ".rank-"
 
@@ -40,7 +40,8 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def recorded_entries(path: Path) -> list[dict[str, Any]]:
+    """Shard entries that ranks recorded but no merge has put in the manifest yet."""
     entries = []
     for record in sorted(path.glob(f"{RECORD_PREFIX}*.json")):
         entries.extend(_read_record(record))
@@ -65,8 +66,9 @@ class ShardPlan:
     def __init__(self, path: Path, manifest: dict[str, Any], rank: int, world: int, shard_size: int) -> None:
         self.path, self.manifest, self.rank, self.world = path, manifest, rank, world
         self.shard_size = shard_size
-        done = [*manifest["shards"], *_records(path)]
-        self.done = {int(e["start"]) for e in done if (path / e["file"]).is_file()}
+        done = [*manifest["shards"], *recorded_entries(path)]
+        self.done_entries = [e for e in done if (path / e["file"]).is_file()]
+        self.done = {int(e["start"]) for e in self.done_entries}
         self.record_path = path / f"{RECORD_PREFIX}{rank}.json"
         self.mine: list[dict[str, Any]] = _read_record(self.record_path) if self.record_path.is_file() else []
 
@@ -93,7 +95,7 @@ class ShardPlan:
 def merge_rank_records(path: Path, manifest: dict[str, Any], total: int | None) -> dict[str, Any]:
     """Main process, after every rank finished: one manifest from the per-rank records."""
     by_start = {int(e["start"]): e for e in manifest["shards"]}
-    for entry in _records(path):
+    for entry in recorded_entries(path):
         by_start.setdefault(int(entry["start"]), entry)
     shards, expected = [], 0
     for start in sorted(by_start):

@@ -1,18 +1,57 @@
-"""Exceptions users can catch. Each message names the problem and the fix."""
+"""Exceptions users can catch. Each message names the problem and the fix.
+
+A :class:`TIPError` carries its fix as data: ``fix`` in the Python API's words and, where a
+command line user does something else, ``cli_fix`` in the ``tip`` command's words (``tip``
+prints :meth:`TIPError.for_cli`), so no message is rewritten by string replacement.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "TIPError",
+    "DataError",
+    "ColumnError",
     "TargetError",
     "SpecMismatchError",
     "NonFiniteGradientError",
     "StoreCorruptedError",
+    "StoreBusyError",
 ]
 
 
 class TIPError(Exception):
-    """Base class of every error tip_hf raises on purpose."""
+    """Base class of every error tip_hf raises on purpose.
+
+    Args:
+        message: the problem.
+        fix: what to do about it, in the Python API's words (appended to the message).
+        cli_fix: the same advice in the ``tip`` command line's words, if different.
+    """
+
+    def __init__(self, message: str = "", *args: object, fix: str | None = None, cli_fix: str | None = None) -> None:
+        self.problem, self.fix, self.cli_fix = message, fix, cli_fix
+        super().__init__(_join(message, fix), *args)
+
+    __str__ = BaseException.__str__  # not KeyError's quoting, for subclasses that are KeyErrors too
+
+    def for_cli(self) -> str:
+        """The message with the command line's fix (what ``tip`` prints)."""
+        return _join(self.problem, self.cli_fix or self.fix) if (self.cli_fix or self.fix) else str(self)
+
+
+def _join(problem: str, fix: str | None) -> str:
+    if not fix:
+        return problem
+    return f"{problem}{'' if problem.endswith(chr(10)) else ' '}{fix}"
+
+
+class DataError(TIPError, ValueError):
+    """An example of the dataset cannot be valued as it is (empty text, a label outside the
+    model's classes, a token id outside its vocabulary, features of the wrong shape, ...)."""
+
+
+class ColumnError(DataError, KeyError):
+    """A column the settings name is not in the dataset."""
 
 
 class TargetError(TIPError, ValueError):
@@ -22,9 +61,9 @@ class TargetError(TIPError, ValueError):
 class SpecMismatchError(TIPError, ValueError):
     """Two artifacts (spec, model, store, bundle) were made with different settings."""
 
-    def __init__(self, what: str, expected: object, found: object, fix: str) -> None:
+    def __init__(self, what: str, expected: object, found: object, fix: str, *, cli_fix: str | None = None) -> None:
         self.expected, self.found = expected, found
-        super().__init__(f"{what} differs.\n  expected: {expected}\n  found:    {found}\n{fix}")
+        super().__init__(f"{what} differs.\n  expected: {expected}\n  found:    {found}\n", fix=fix, cli_fix=cli_fix)
 
 
 class NonFiniteGradientError(TIPError, FloatingPointError):
@@ -33,3 +72,7 @@ class NonFiniteGradientError(TIPError, FloatingPointError):
 
 class StoreCorruptedError(TIPError, OSError):
     """A sketch store on disk is truncated, tampered with, or incomplete."""
+
+
+class StoreBusyError(TIPError, OSError):
+    """Another process is writing the same sketch store."""
