@@ -7,6 +7,7 @@ import torch
 from conftest import GPT2_TARGETS, make_gpt2, random_batch
 
 from tip_hf import GradientSketcher, NonFiniteGradientError, ValuationSpec
+from tip_hf.errors import DataError
 
 
 def sketcher(model=None, **kwargs):
@@ -37,9 +38,18 @@ def test_hooks_removed_on_exception():
     with pytest.raises(KeyError, match="input_ids"):
         s.sketch({"attention_mask": torch.ones(2, 3)})
     bad = random_batch(2, 8)
-    bad["input_ids"] = bad["input_ids"] + 1000  # out of vocabulary: fails inside the forward pass
-    with pytest.raises(IndexError):
+    bad["input_ids"] = bad["input_ids"] + 1000  # out of vocabulary: refused before the forward pass
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
         s.sketch(bad)
+    assert hook_count(model) == 0
+
+    def explode(*_):
+        raise RuntimeError("boom inside the forward pass")
+
+    handle = model.transformer.h[1].register_forward_hook(explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        s.sketch(random_batch(2, 8))
+    handle.remove()
     assert hook_count(model) == 0
     assert s.sketch(random_batch(2, 8)).shape == (2, 64)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +32,10 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .bundle import Bundle, write_bundle
 from .capture import GradientCapture
 from .curvature import CurvatureAccumulator, solve_query
-from .dataset import mean_sketch
 from .errors import NonFiniteGradientError, TIPError
+from .examples import ExampleFormat, Examples, chunks, columns
 from .loss import IGNORE_INDEX
+from .sketcher import mean_sketch, model_facts
 from .spec import ValuationSpec
 from .targets import resolve_targets, unwrap_model
 
@@ -114,6 +116,7 @@ class TIPCallback(TrainerCallback):
                 "set label_smoothing_factor=0."
             )
         model = unwrap_model(model)
+        self._validate(model)
         self._model = model
         targets = resolve_targets(model, self.spec.targets)
         projection = self.spec.projection([t for t, _ in targets])
@@ -126,6 +129,35 @@ class TIPCallback(TrainerCallback):
         if head is not None:
             self._handles.append(head.register_forward_hook(self._after_forward))
         self._handles.append(model.register_forward_hook(self._after_forward))
+
+    def _validate(self, model: nn.Module) -> None:
+        """Everything that would otherwise fail only after the whole training run: the task
+        against the model's head, the output folder, and every eval example (tokenised and
+        checked against the model's classes, vocabulary and positions)."""
+        kind = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
+        wants = {"causal_lm": ("ForCausalLM", "LMHeadModel"), "sequence_classification": ("ForSequenceClassification",)}
+        other = "sequence_classification" if self.spec.task == "causal_lm" else "causal_lm"
+        if any(tag in kind for tag in wants[other]) and not any(tag in kind for tag in wants[self.spec.task]):
+            raise TIPError(
+                f"The spec's task is {self.spec.task!r} but the model is a {kind}.",
+                fix=f"Use ValuationSpec(task={other!r}) for this model.",
+            )
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise TIPError(f"TIPCallback's output_dir '{out}' is a file.", fix="Pass a directory for the bundle.")
+        probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK):
+            raise TIPError(f"TIPCallback cannot write its bundle under '{probe}'.", fix="Pass a writable output_dir.")
+        if self.eval_dataset is None:
+            logger.warning("TIPCallback has no eval_dataset: it will accumulate curvature but write no query.")
+            return
+        fmt = ExampleFormat(max_length=self.max_length, feature_column=self.feature_column)
+        examples = Examples(self.spec, columns(self.eval_dataset), self.tokenizer, fmt, **model_facts(model, self.spec))
+        count = 0
+        for lo, chunk in chunks(self.eval_dataset, 0, max(self.eval_batch_size, 256)):
+            count += len(examples.rows(chunk, lo))
+        if count == 0:
+            raise TIPError("TIPCallback's eval_dataset is empty.", fix="Pass the examples the query should improve.")
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -37,11 +37,15 @@ def load_corpus(
     source: str | os.PathLike[str],
     *,
     config: str | None = None,
-    split: str = "train",
+    split: str | None = None,
     streaming: bool = False,
 ) -> Any:
     """A ``datasets.Dataset`` (or ``IterableDataset`` when streaming) from a Hub name or a
-    local path; see the module docstring for the accepted forms."""
+    local path; see the module docstring for the accepted forms.
+
+    ``split`` picks a split of a Hub dataset or of a saved ``DatasetDict`` (default
+    ``"train"``); files and folders have no splits, so a ``split`` there is an error rather
+    than silently ignored (point at the split's own file instead)."""
     import datasets
 
     path = Path(source)
@@ -49,11 +53,27 @@ def load_corpus(
     if path.is_dir() and any((path / name).is_file() for name in saved):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DataSourceError(f"'{path}' has splits {sorted(loaded)}, not {split!r}: pass --split.")
-            loaded = loaded[split]
+            wanted = split or "train"
+            if wanted not in loaded:
+                raise DataSourceError(
+                    f"'{path}' has splits {sorted(loaded)}, not {wanted!r}.",
+                    fix="Pass split= one of them.",
+                    cli_fix="Pass --split with one of them.",
+                )
+            loaded = loaded[wanted]
+        elif split is not None:
+            raise _no_splits(source, split)
         return loaded.to_iterable_dataset() if streaming else _non_empty(loaded, source)
+    local = path.exists() or any(ch in str(source) for ch in "*?[")
+    if local and split is not None:
+        raise _no_splits(source, split)
     if path.is_dir() and sorted(path.glob("*.txt")):
+        others = sorted({p.suffix.lower() for p in path.iterdir() if p.suffix.lower() in _FILE_BUILDERS})
+        if others:
+            raise DataSourceError(
+                f"'{source}' mixes .txt files with {', '.join(others)} files; their rows would be read differently.",
+                fix="Point at a folder of one type (or one file).",
+            )
         return _non_empty(_txt_folder(path), source)
     files = _data_files(source)
     if files:
@@ -76,7 +96,15 @@ def load_corpus(
             f"'{source}' is not a dataset: expected a save_to_disk directory, parquet/json/jsonl/csv "
             "files, or a folder of .txt files (one corpus per file)."
         )
-    return _from_hub(str(source), config, split, streaming)
+    return _from_hub(str(source), config, split or "train", streaming)
+
+
+def _no_splits(source: object, split: str) -> DataSourceError:
+    return DataSourceError(
+        f"'{source}' is a local file or folder, which has no splits, but split {split!r} was asked for.",
+        fix="Leave split unset and point at the split's own file (e.g. data/test.jsonl).",
+        cli_fix="Leave out --split and point --dataset at the split's own file (e.g. data/test.jsonl).",
+    )
 
 
 def _data_files(source: str | os.PathLike[str]) -> list[str]:
@@ -100,7 +128,15 @@ def _txt_folder(path: Path) -> Any:
 
     rows: dict[str, list[str]] = {"text": [], TXT_CORPUS_COLUMN: []}
     for file in sorted(path.glob("*.txt")):
-        text = file.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        raw = file.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig").replace("\r\n", "\n")
+        except UnicodeDecodeError as e:
+            raise DataSourceError(
+                f"'{file}' is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); its examples would "
+                "be valued with replacement characters.",
+                fix=f"Convert it first, e.g. `iconv -f latin1 -t utf-8 '{file.name}'`.",
+            ) from None
         for paragraph in text.split("\n\n"):
             paragraph = " ".join(paragraph.split())
             if paragraph:
@@ -110,13 +146,21 @@ def _txt_folder(path: Path) -> Any:
 
 
 def _from_hub(name: str, config: str | None, split: str, streaming: bool) -> Any:
+    from .hub import hub_offline, offline_unless_reachable
+
+    user_offline = hub_offline()
+    unreachable = not user_offline and offline_unless_reachable()
     import datasets
 
     try:
         loaded = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as err:  # datasets raises many types for "not reachable / not cached"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else type(err).__name__
+        if unreachable:
+            why = "the Hub is not reachable from this machine and it is not in the local cache"
+        elif user_offline:
+            why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+        else:
+            why = type(err).__name__
         raise DataSourceError(
             f"Could not load dataset {name!r} (config={config!r}, split={split!r}) from the Hugging Face Hub: "
             f"{why}: {str(err).splitlines()[0] if str(err) else ''} -- download it once with network access "

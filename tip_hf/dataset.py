@@ -36,7 +36,7 @@ from .examples import (
     is_map_style,
     text_example_id,
 )
-from .sketcher import GradientSketcher
+from .sketcher import GradientSketcher, mean_sketch, model_facts, sketch_batch
 from .spec import ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter, read_shard_tensors
 
@@ -48,27 +48,6 @@ __all__ += ["DEFAULT_CORPUS", "IDS_VERSION"]
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
-
-
-def model_facts(model: nn.Module, spec: ValuationSpec) -> dict[str, Any]:
-    """What :class:`Examples` checks rows against: positions, classes, vocabulary, pad id."""
-    config = getattr(model, "config", None)
-    facts: dict[str, Any] = {"max_positions": None, "num_labels": None, "multi_label": False}
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            facts["max_positions"] = value
-            break
-    if spec.task == "sequence_classification" and config is not None:
-        num_labels = getattr(config, "num_labels", None)
-        facts["num_labels"] = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
-        facts["multi_label"] = getattr(config, "problem_type", None) == "multi_label_classification"
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    size = getattr(embeddings, "num_embeddings", None)
-    facts["vocab_size"] = size if isinstance(size, int) else None
-    pad = getattr(config, "pad_token_id", None)
-    facts["pad_id"] = pad if isinstance(pad, int) else None
-    return facts
 
 
 def _tokenizer_digest(tokenizer: Any) -> str | None:
@@ -235,7 +214,7 @@ class _Job:
         parts = []
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b : b + self.batch_size]
-            parts.append(_sketch_batch(self.sketcher, self.examples, batch))
+            parts.append(sketch_batch(self.sketcher, self.examples, batch))
             bar.update(len(batch))
         return torch.cat(parts), torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
 
@@ -350,22 +329,6 @@ class _Job:
                     )
 
 
-def _sketch_batch(sketcher: GradientSketcher, examples: Examples, rows: list[dict[str, Any]]) -> torch.Tensor:
-    """One backward pass; a model that rejects the dense features' shape gets a clear error."""
-    batch = examples.collate(rows)
-    try:
-        return sketcher.sketch(batch).cpu()
-    except RuntimeError as e:
-        column = examples.fmt.feature_column
-        if column is None or not any(s in str(e) for s in ("shape", "size", "dimension")):
-            raise
-        raise DataError(
-            f"The model does not accept `{column}` of shape {tuple(rows[0]['features'].shape)} per example "
-            f"({str(e).splitlines()[0]}).",
-            fix="Pass the features the model was trained on (same width and order).",
-        ) from None
-
-
 @contextlib.contextmanager
 def _main_process_lock(path: Path, rank: int, world: int) -> Iterator[bool]:
     """An exclusive lock on the store directory, held by the main process for the whole run:
@@ -438,38 +401,3 @@ def _remove_store(path: Path) -> None:
     for child in path.iterdir():
         if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):
             child.unlink()
-
-
-def mean_sketch(
-    model: nn.Module,
-    dataset: Any,
-    spec: ValuationSpec,
-    *,
-    tokenizer: Any = None,
-    text_column: str = "text",
-    label_column: str | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = True,
-    feature_column: str | None = None,
-) -> tuple[torch.Tensor, int, float]:
-    """``(sum of sketches [k] float64, count, mean loss)`` over a dataset, nothing written to
-    disk: the buyer's eval gradient ``g = sum / count`` and eval loss (same examples handling
-    as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
-    fmt = ExampleFormat(text_column, label_column, max_length=max_length, feature_column=feature_column)
-    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
-    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
-    total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
-    size = len(dataset) if hasattr(dataset, "__len__") else None
-    with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
-        for lo, chunk in chunks(dataset, 0, batch_size):
-            rows = examples.rows(chunk, lo)
-            sketches = _sketch_batch(sketcher, examples, rows)
-            total += sketches.double().sum(0).cpu()
-            loss_sum += float(sketcher.last_losses.double().sum())
-            count += len(rows)
-            bar.update(len(rows))
-    if count == 0:
-        raise DataError("The evaluation dataset is empty: there is no eval gradient to value against.")
-    return total, count, loss_sum / count

@@ -281,7 +281,7 @@ class Examples:
         column = self.label_column
         if label is None or isinstance(label, str | bytes | dict):
             raise DataError(
-                f"Example {row} has label {label!r} in `{column}`: labels must be class ids (or floats for regression).",
+                f"Example {row} has label {label!r} in `{column}`: labels must be class ids (floats: regression).",
                 fix="Map label names to ids (e.g. ClassLabel.str2int) and drop unlabelled rows.",
             )
         values = label if isinstance(label, list) else [label]
@@ -321,7 +321,9 @@ class Examples:
                 try:
                     x = torch.as_tensor(batch[fmt.feature_column][i], dtype=torch.float32)
                 except (TypeError, ValueError, RuntimeError) as e:
-                    raise DataError(f"Example {row}: `{fmt.feature_column}` is not an array of numbers ({e}).") from None
+                    raise DataError(
+                        f"Example {row}: `{fmt.feature_column}` is not an array of numbers ({e})."
+                    ) from None
                 if x.numel() == 0:
                     raise DataError(f"Example {row} has an empty `{fmt.feature_column}`; remove empty rows.")
                 if not torch.isfinite(x).all():

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 __all__ = ["Task", "IGNORE_INDEX", "per_example_loss"]
 
 Task = Literal["causal_lm", "sequence_classification"]
@@ -36,6 +38,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
     if task == "causal_lm":
         # Shift the labels, not the logits (as transformers does): no copy of [N, T, V].
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        _check_ids(targets, logits.shape[-1], "label token")
         token_losses = F.cross_entropy(
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         ).view_as(targets)
@@ -56,5 +59,32 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
             )
         if logits.shape[-1] == 1:
             return (logits.squeeze(-1) - labels.float()).pow(2), ones
-        return F.cross_entropy(logits, labels.long(), reduction="none"), ones
+        if labels.is_floating_point():
+            fractional = (labels != labels.round()).nonzero().flatten().tolist()
+            if fractional:
+                raise DataError(
+                    f"Example {fractional[0]} of the batch has label {float(labels[fractional[0]])}: the model has "
+                    f"{logits.shape[-1]} classes, so labels must be class ids, not fractions.",
+                    fix="Use integer class ids (or a one-output model for regression).",
+                )
+        labels = labels.long()
+        _check_ids(labels, logits.shape[-1], "label", allow_ignore=False)
+        return F.cross_entropy(logits, labels, reduction="none"), ones
     raise ValueError(f"Invalid task: {task!r}. Must be one of 'causal_lm', 'sequence_classification'.")
+
+
+def _check_ids(ids: torch.Tensor, size: int, what: str, allow_ignore: bool = True) -> None:
+    """Class ids / label tokens must index the logits (``-100`` ignored where allowed): an
+    out-of-range id would otherwise raise an opaque IndexError or a device-side assert."""
+    bad = (ids < 0) | (ids >= size)
+    if allow_ignore:
+        bad &= ids != IGNORE_INDEX
+    if bool(bad.any()):
+        where = bad.nonzero()[0].tolist()
+        value = int(ids[tuple(where)])
+        hint = "unlabelled rows (-1) cannot be valued; " if value == -1 else ""
+        raise DataError(
+            f"Example {where[0]} of the batch has {what} {value}, outside the model's {size} "
+            f"{'classes' if what == 'label' else 'vocabulary entries'} ({hint}valid: 0..{size - 1}).",
+            fix="Drop or relabel such examples, or use the model these labels were made for.",
+        )

@@ -10,14 +10,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .capture import GradientCapture
-from .errors import NonFiniteGradientError
+from .errors import DataError, NonFiniteGradientError
+from .examples import ExampleFormat, Examples, chunks, columns
 from .loss import IGNORE_INDEX, per_example_loss
 from .spec import ValuationSpec
 from .targets import resolve_targets, unwrap_model
 
-__all__ = ["GradientSketcher"]
+__all__ = ["GradientSketcher", "mean_sketch", "model_facts", "sketch_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class GradientSketcher:
         self._accepts_position_ids = _accepts(self.model, "position_ids")
         self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        vocab = getattr(embeddings, "num_embeddings", None)
+        self._vocab_size = vocab if isinstance(vocab, int) else None
         self.last_losses = torch.zeros(0)  # per-example losses of the last sketched batch
 
     @property
@@ -104,9 +109,19 @@ class GradientSketcher:
         mask = batch.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask).to(device)
         lengths = mask.sum(1)
+        if self._vocab_size is not None and input_ids.numel():
+            real = input_ids[mask.bool()]
+            bad = real[(real < 0) | (real >= self._vocab_size)]
+            if bad.numel():
+                row = int((((input_ids < 0) | (input_ids >= self._vocab_size)) & mask.bool()).any(1).nonzero()[0])
+                raise DataError(
+                    f"Example {row} of the batch has token id {int(bad[0])}, outside the model's vocabulary of "
+                    f"{self._vocab_size}.",
+                    fix="Tokenise with the tokenizer the model was trained with.",
+                )
         if self._max_positions is not None and input_ids.shape[0] and int(lengths.max()) > self._max_positions:
             worst = int(lengths.argmax())
-            raise ValueError(
+            raise DataError(
                 f"Example {worst} of the batch has {int(lengths[worst])} tokens, more than the model's "
                 f"{self._max_positions} positions. Truncate the inputs (tokenizer `max_length=`, or "
                 f"`sketch_dataset(..., max_length={self._max_positions})`)."
@@ -238,3 +253,76 @@ def _max_positions(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+# -- datasets -> sketches without a store (the buyer's eval mean) ------------------------------
+def model_facts(model: nn.Module, spec: ValuationSpec) -> dict[str, Any]:
+    """What :class:`Examples` checks rows against: positions, classes, vocabulary, pad id."""
+    config = getattr(model, "config", None)
+    facts: dict[str, Any] = {"max_positions": None, "num_labels": None, "multi_label": False}
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            facts["max_positions"] = value
+            break
+    if spec.task == "sequence_classification" and config is not None:
+        num_labels = getattr(config, "num_labels", None)
+        facts["num_labels"] = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
+        facts["multi_label"] = getattr(config, "problem_type", None) == "multi_label_classification"
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    facts["vocab_size"] = size if isinstance(size, int) else None
+    pad = getattr(config, "pad_token_id", None)
+    facts["pad_id"] = pad if isinstance(pad, int) else None
+    return facts
+
+
+def sketch_batch(sketcher: GradientSketcher, examples: Examples, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """One backward pass; a model that rejects the dense features' shape gets a clear error."""
+    batch = examples.collate(rows)
+    try:
+        return sketcher.sketch(batch).cpu()
+    except RuntimeError as e:
+        column = examples.fmt.feature_column
+        if column is None or not any(s in str(e) for s in ("shape", "size", "dimension")):
+            raise
+        raise DataError(
+            f"The model does not accept `{column}` of shape {tuple(rows[0]['features'].shape)} per example "
+            f"({str(e).splitlines()[0]}).",
+            fix="Pass the features the model was trained on (same width and order).",
+        ) from None
+
+
+def mean_sketch(
+    model: nn.Module,
+    dataset: Any,
+    spec: ValuationSpec,
+    *,
+    tokenizer: Any = None,
+    text_column: str = "text",
+    label_column: str | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    feature_column: str | None = None,
+) -> tuple[torch.Tensor, int, float]:
+    """``(sum of sketches [k] float64, count, mean loss)`` over a dataset, nothing written to
+    disk: the buyer's eval gradient ``g = sum / count`` and eval loss (same examples handling
+    as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
+    fmt = ExampleFormat(text_column, label_column, max_length=max_length, feature_column=feature_column)
+    sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
+    total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
+        for lo, chunk in chunks(dataset, 0, batch_size):
+            rows = examples.rows(chunk, lo)
+            sketches = sketch_batch(sketcher, examples, rows)
+            total += sketches.double().sum(0).cpu()
+            loss_sum += float(sketcher.last_losses.double().sum())
+            count += len(rows)
+            bar.update(len(rows))
+    if count == 0:
+        raise DataError("The evaluation dataset is empty: there is no eval gradient to value against.")
+    return total, count, loss_sum / count
