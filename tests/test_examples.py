@@ -28,9 +28,10 @@ def test_quickstart_ranks_clean_data_first_and_flipped_labels_last(tmp_path):
     assert (tmp_path / "scores.tip").is_file() and (tmp_path / "buyer" / "secret.key").is_file()
 
 
-def test_tip_demo_small(tmp_path):
+def test_tip_demo_small(tmp_path, capsys):
     """`tip demo`'s pipeline end to end on a few examples per corpus: real Trainer + callback,
-    CKKS, realized fine-tuning; files written, encrypted == plaintext."""
+    CKKS, realized fine-tuning; files written, encrypted == plaintext; step headings with timings
+    on stdout as it goes, and no raw Trainer metrics dict."""
     import json
 
     from tip_hf.demo import DemoConfig, run_demo
@@ -42,10 +43,18 @@ def test_tip_demo_small(tmp_path):
         n_eval=24,
         proj_dim=256,
         realized_epochs=1,
+        realized_repeats=1,
         buyer_epochs=1,
-        progress=False,
+        progress=True,
     )
     result = run_demo(config)
+    printed = capsys.readouterr()
+    headings = [line for line in printed.out.splitlines() if line.startswith("[")]
+    assert [h[:5] for h in headings] == [f"[{i}/6]" for i in range(1, 7)], printed.out
+    assert "fine-tuning MiniLM on 32 movie reviews (1 epoch)" in headings[0]
+    assert printed.out.count("done in ") == 6
+    assert "realized check 8/8: sms-spam-labels ... drop " in printed.out
+    assert "train_runtime" not in printed.out + printed.err  # the Trainer's metrics dict is not printed
     assert len(result.rows) == 8 and -1.0 <= result.spearman <= 1.0
     assert result.dp is not None and result.dp["epsilon"] == pytest.approx(2.0, rel=1e-3)  # the seller's default
     for row in result.rows:  # released values: the clipped plaintext plus DP noise of the stated size

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from .errors import SpecMismatchError
+from .errors import SpecMismatchError, TIPError
 from .spec import ValuationSpec
 
-__all__ = ["Bundle", "write_bundle", "load_bundle"]
+__all__ = ["Bundle", "BundleError", "write_bundle", "load_bundle"]
 
 
 @dataclass
@@ -54,28 +55,80 @@ def write_bundle(path: str | os.PathLike[str], bundle: Bundle) -> Path:
     return out
 
 
+class BundleError(TIPError, OSError):
+    """A bundle folder is incomplete, damaged, or not a tip_hf bundle."""
+
+
+def _damaged(file: Path, problem: str) -> BundleError:
+    return BundleError(
+        f"The bundle file '{file}' {problem}.",
+        fix="Copy the bundle again from the buyer's TIPCallback output_dir (or train again to rewrite it).",
+    )
+
+
+def _tensors(file: Path, names: tuple[str, ...], fingerprint: str) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            missing = [n for n in names if n not in handle.keys()]
+            if missing:
+                raise _damaged(file, f"lacks {missing}")
+            tensors = {n: handle.get_tensor(n) for n in names}
+    except BundleError:
+        raise
+    except FileNotFoundError:
+        raise _damaged(file, "is missing") from None
+    except Exception as e:  # SafetensorError, OSError on a truncated or foreign file
+        raise _damaged(file, f"is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
+    if metadata.get("fingerprint") not in (None, fingerprint):
+        raise _damaged(file, "was made for another spec/model than the bundle's spec.json")
+    return tensors
+
+
 def load_bundle(path: str | os.PathLike[str], *, fingerprint: str | None = None) -> Bundle:
-    """Load a bundle; with ``fingerprint``, refuse one made for another spec/model."""
+    """Load a bundle; with ``fingerprint``, refuse one made for another spec/model.
+
+    Raises:
+        BundleError: a file is missing, truncated, not what it should be, or its tensors do
+            not fit the spec (wrong length, another fingerprint).
+        SpecMismatchError: the bundle was made for another spec/model than ``fingerprint``.
+    """
     root = Path(path)
-    if not (root / "spec.json").is_file():
-        raise FileNotFoundError(f"No buyer bundle at '{root}' (spec.json missing).")
-    head = json.loads((root / "spec.json").read_text())
-    if fingerprint is not None and head["fingerprint"] != fingerprint:
+    spec_file = root / "spec.json"
+    if not spec_file.is_file():
+        raise BundleError(
+            f"No buyer bundle at '{root}' (spec.json missing).",
+            fix="Pass the folder TIPCallback(output_dir=...) wrote after training.",
+        )
+    try:
+        head = json.loads(spec_file.read_bytes().decode("utf-8"))
+        spec = ValuationSpec.from_dict(head["spec"])
+        bundle_fingerprint = head["fingerprint"]
+        if not isinstance(bundle_fingerprint, str):
+            raise TypeError("fingerprint is not a string")
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise _damaged(spec_file, f"is not a bundle spec ({type(e).__name__}: {str(e)[:120]})") from None
+    if fingerprint is not None and bundle_fingerprint != fingerprint:
         raise SpecMismatchError(
             f"The fingerprint of bundle '{root}'",
             fingerprint,
-            head["fingerprint"],
+            bundle_fingerprint,
             "The bundle was made for another model or spec.",
         )
-    tensors = load_file(str(root / "query.safetensors"))
+    tensors = _tensors(root / "query.safetensors", ("query", "eval_gradient"), bundle_fingerprint)
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != (spec.proj_dim,) or not bool(torch.isfinite(tensor).all()):
+            raise _damaged(root / "query.safetensors", f"holds a `{name}` that is not {spec.proj_dim} finite numbers")
     curvature = None
     if (root / "curvature.safetensors").is_file():
-        curvature = load_file(str(root / "curvature.safetensors"))["curvature"]
-    return Bundle(
-        ValuationSpec.from_dict(head["spec"]),
-        head["fingerprint"],
-        curvature,
-        tensors["query"],
-        tensors["eval_gradient"],
-        json.loads((root / "summary.json").read_text()),
-    )
+        curvature = _tensors(root / "curvature.safetensors", ("curvature",), bundle_fingerprint)["curvature"]
+        if tuple(curvature.shape) != (spec.proj_dim, spec.proj_dim):
+            raise _damaged(root / "curvature.safetensors", f"is not {spec.proj_dim} x {spec.proj_dim}")
+    summary: dict[str, Any] = {}
+    if (root / "summary.json").is_file():
+        try:
+            loaded = json.loads((root / "summary.json").read_bytes().decode("utf-8"))
+            summary = loaded if isinstance(loaded, dict) else {}
+        except (ValueError, RecursionError):
+            raise _damaged(root / "summary.json", "is not valid JSON") from None
+    return Bundle(spec, bundle_fingerprint, curvature, tensors["query"], tensors["eval_gradient"], summary)

@@ -44,23 +44,22 @@ class Release(str, Enum):
     example = "example"
 
 
-# the library's advice, in this command line's words
-_CLI_WORDS = (
-    ("pass overwrite=True", "pass --overwrite"),
-    ("Pass max_length=", "Pass --max-length "),
-    ("Pass text_column=...", "Pass --text-column"),
-    ("Pass label_column=....", "Pass --label-column."),
-    ("pass tokenizer=AutoTokenizer.from_pretrained(...)", "save the tokenizer in the model directory"),
-)
-
-
 def _one_line(err: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-    for library, cli in _CLI_WORDS:
-        text = text.replace(library, cli)
-    if isinstance(err, KeyError) and text.startswith(("'", '"')) and text.endswith(("'", '"')):
+    from .errors import TIPError
+
+    text = err.for_cli() if isinstance(err, TIPError) else str(err)
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if isinstance(err, KeyError) and not isinstance(err, TIPError) and text[:1] in "'\"" and text[-1:] in "'\"":
         text = text[1:-1]
     return f"{type(err).__name__}: {text}" if not text.startswith(type(err).__name__) else text
+
+
+# what an interrupted command kept, and how to go on
+_INTERRUPTED = {
+    "sketch": "whole shards written so far are kept; run the same command again to resume from them",
+    "verify": "nothing was written; run the command again",
+    "score": "no answer was written and no query was charged; run the command again",
+}
 
 
 def _friendly(command: str) -> Callable[[F], F]:
@@ -76,6 +75,10 @@ def _friendly(command: str) -> Callable[[F], F]:
             except (TIPError, OSError, KeyError, ValueError, TypeError, PermissionError) as err:
                 typer.echo(f"tip {command}: error: {_one_line(err)}", err=True)
                 raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                kept = _INTERRUPTED.get(command, "nothing was written; run the command again")
+                typer.echo(f"\ntip {command}: interrupted: {kept}.", err=True)
+                raise typer.Exit(130) from None
 
         return run  # type: ignore[return-value]
 
@@ -101,7 +104,9 @@ def _device_and_main() -> tuple[Any, bool]:
         state = PartialState()  # initialises torch.distributed from the launcher's environment
         from .distributed import rank_and_world
 
-        return state.device, rank_and_world()[0] == 0
+        rank, world = rank_and_world()
+        typer.echo(f"tip: process rank {rank}/{world} on {state.device}", err=True)  # one line per process
+        return state.device, rank == 0
     return torch.device("cuda" if torch.cuda.is_available() else "cpu"), True
 
 
@@ -111,19 +116,50 @@ def _read_spec(path: Path) -> tuple[Any, str | None]:
 
     _need(path, "spec file", "the buyer's bundle/spec.json")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"The spec file '{path}' is not UTF-8 text (byte {err.start}); pass the buyer's bundle/spec.json."
+        ) from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}).") from None
+        raise ValueError(f"The spec file '{path}' is not valid JSON ({err.msg} at line {err.lineno}).") from None
     if isinstance(data, dict) and "spec" in data:
         return ValuationSpec.from_dict(data["spec"]), data.get("fingerprint")
     return ValuationSpec.from_dict(data), None
 
 
-def _load_model(name: str, task: str) -> tuple[Any, Any]:
-    """A model + tokenizer from a local directory or the Hub (peft adapter dirs too)."""
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _load_model(
+    name: str, task: str, tokenizer_name: str | None = None, *, needs_tokenizer: bool = True
+) -> tuple[Any, Any]:
+    """A model + tokenizer from a local directory or the Hub (peft adapter dirs too).
+
+    A local model directory must hold the tokenizer too (or ``--tokenizer`` names one):
+    transformers would otherwise fall back to some other tokenizer and value other tokens."""
+    local = Path(name)
+    source = tokenizer_name or name
+    if not local.exists() or (tokenizer_name and not Path(tokenizer_name).exists()):
+        from .hub import offline_unless_reachable
+
+        offline_unless_reachable()
+    if needs_tokenizer and Path(source).is_dir() and not any((Path(source) / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"'{source}' holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...): the examples would be "
+            "tokenised by a fallback tokenizer, not the model's. The buyer should save the tokenizer with the model "
+            "(tokenizer.save_pretrained(dir)); or pass --tokenizer DIR_OR_HUB_ID."
+        )
     import transformers
 
-    local = Path(name)
     if (local / "adapter_config.json").is_file():
         import peft
 
@@ -136,13 +172,13 @@ def _load_model(name: str, task: str) -> tuple[Any, Any]:
         )
     try:
         model = cls.from_pretrained(name)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-    except OSError as err:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source) if needs_tokenizer else None
+    except (OSError, ValueError) as err:
         raise OSError(
             f"Could not load model {name!r}: {str(err).splitlines()[0]} -- pass a local directory written by "
             "save_pretrained, or a Hub id that is cached (or reachable)."
         ) from None
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+    if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
     return model.eval(), tokenizer
 
@@ -151,21 +187,44 @@ DatasetArg = Annotated[
     str, typer.Option("--dataset", help="Hub name, save_to_disk dir, parquet/json/csv, or .txt dir.")
 ]
 ConfigArg = Annotated[str | None, typer.Option("--config", help="Hub dataset configuration.")]
-SplitArg = Annotated[str, typer.Option("--split", help="Dataset split.")]
+SplitArg = Annotated[
+    str | None, typer.Option("--split", help="Split of a Hub dataset or saved DatasetDict (default train).")
+]
 TextArg = Annotated[str, typer.Option("--text-column", help="Column holding the text (if not tokenised).")]
 LabelArg = Annotated[str | None, typer.Option("--label-column", help="Label column (default: label/labels).")]
 CorpusColArg = Annotated[
     str | None, typer.Option("--corpus-column", help="Column naming each example's corpus (.txt dirs: 'corpus').")
 ]
 CorpusArg = Annotated[str | None, typer.Option("--corpus", help="One corpus name for the whole dataset.")]
-MaxLenArg = Annotated[int | None, typer.Option("--max-length", help="Truncate examples to this many tokens.")]
+MaxLenArg = Annotated[
+    int | None, typer.Option("--max-length", min=1, help="Truncate examples to this many tokens (>= 1).")
+]
+FeatureArg = Annotated[
+    str | None, typer.Option("--feature-column", help="Column of fixed-shape float arrays (dense models, no text).")
+]
+TokenizerArg = Annotated[
+    str | None, typer.Option("--tokenizer", help="Tokenizer dir or Hub id (default: the one saved with --model).")
+]
+
+
+def _data_format(data: Any, spec: Any, **settings: Any) -> Any:
+    """The example format, its column and row errors raised before a model is loaded (the
+    settings and the first rows; sketch_dataset checks every row before its first backward)."""
+    from .examples import ExampleFormat, Examples, chunks, columns
+
+    fmt = ExampleFormat(**settings)
+    examples = Examples(spec, columns(data), None, fmt, tokenise=False)
+    for lo, chunk in chunks(data, 0, 256):
+        examples.ids(chunk, lo)
+        break
+    return fmt
 
 
 def _corpus_column(dataset: Any, corpus_column: str | None, corpus: str | None) -> str | None:
     from .data import TXT_CORPUS_COLUMN
-    from .dataset import _columns
+    from .examples import columns
 
-    if corpus_column is None and corpus is None and TXT_CORPUS_COLUMN in _columns(dataset):
+    if corpus_column is None and corpus is None and TXT_CORPUS_COLUMN in columns(dataset):
         return TXT_CORPUS_COLUMN
     return corpus_column
 
@@ -242,6 +301,11 @@ def reveal(
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise ValueError(f"--budget must be a positive amount, got {budget}.")
     table = decrypt_scores(scores, BuyerKeys.load(_need(keys, "keys directory", "the buyer's `tip keygen`")))
+    if budget is not None and table.release == "example":
+        raise ValueError(
+            "--budget splits a budget over corpora, but these scores are per example; leave out --budget (or "
+            "ask the seller for --release corpus)."
+        )
     payload: dict[str, Any] = {"release": table.release, "commitment": table.commitment, "dp": table.dp}
     if table.release == "example":
         assert table.values is not None
@@ -280,12 +344,14 @@ def verify(
     bundle: Annotated[Path, typer.Option(help="Your bundle (spec.json + query) the query was made from.")],
     keys: Annotated[Path, typer.Option(help="Your keys (to decrypt the scores).")],
     config: ConfigArg = None,
-    split: SplitArg = "train",
+    split: SplitArg = None,
     text_column: TextArg = "text",
     label_column: LabelArg = None,
     corpus_column: CorpusColArg = None,
     corpus: CorpusArg = None,
     max_length: MaxLenArg = None,
+    feature_column: FeatureArg = None,
+    tokenizer: TokenizerArg = None,
     batch_size: Annotated[int, typer.Option(help="Examples per backward pass when re-sketching.")] = 16,
 ) -> None:
     """Buyer, after purchase: is the delivered data what was scored? Checks (1) the example ids
@@ -308,19 +374,24 @@ def verify(
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"'{opening}' is not an opening file ({err}).") from None
     data = load_corpus(dataset, config=config, split=split)
-    net, tokenizer = _load_model(model, b.spec.task)
     corpus_column = _corpus_column(data, corpus_column, corpus)
     released = [str(r["corpus"]) for r in table.rows if r["released"]]
     if corpus is None and corpus_column is None and len(released) == 1:
         corpus = released[0]  # one delivered corpus, one released: it is that one
-    columns = {
-        "text_column": text_column,
-        "label_column": label_column,
-        "corpus_column": corpus_column,
-        "corpus": corpus,
-        "max_length": max_length,
-    }
-    ids = example_ids_by_corpus(data, b.spec, tokenizer=tokenizer, **columns)
+    fmt = _data_format(
+        data,
+        b.spec,
+        text_column=text_column,
+        label_column=label_column,
+        corpus_column=corpus_column,
+        corpus=corpus,
+        max_length=max_length,
+        feature_column=feature_column,
+    )
+    columns = {k: getattr(fmt, k) for k in ("text_column", "label_column", "corpus_column", "corpus", "max_length")}
+    columns["feature_column"] = fmt.feature_column
+    net, tok = _load_model(model, b.spec.task, tokenizer, needs_tokenizer=feature_column is None)
+    ids = example_ids_by_corpus(data, b.spec, tokenizer=tok, **columns)
     committed = verify_commitment(scores, ids, opened)
     with tempfile.TemporaryDirectory(prefix="tip-verify-") as tmp:
         store = sketch_dataset(
@@ -328,7 +399,7 @@ def verify(
             data,
             b.spec,
             Path(tmp) / "store",
-            tokenizer=tokenizer,
+            tokenizer=tok,
             batch_size=batch_size,
             progress=False,
             fingerprint=b.fingerprint,
@@ -354,9 +425,9 @@ def verify(
 
 def _near_duplicate_flags(data: Any, text_column: str, ids: dict[str, list[bytes]]) -> dict[str, str]:
     """One note per delivered corpus with near-duplicate clusters (text data only)."""
-    from .dataset import _columns
+    from .examples import columns
 
-    if text_column not in _columns(data) or len(ids) != 1:
+    if text_column not in columns(data) or len(ids) != 1:
         return {}
     from .near_duplicates import near_duplicate_clusters
 
@@ -398,44 +469,56 @@ def sketch(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Store directory (resumed if it exists).")],
     config: ConfigArg = None,
-    split: SplitArg = "train",
+    split: SplitArg = None,
     text_column: TextArg = "text",
     label_column: LabelArg = None,
     corpus_column: CorpusColArg = None,
     corpus: CorpusArg = None,
     max_length: MaxLenArg = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per backward pass.")] = 16,
-    shard_size: Annotated[int, typer.Option(help="Examples per shard (the unit of resumption).")] = 1024,
+    feature_column: FeatureArg = None,
+    tokenizer: TokenizerArg = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per backward pass.")] = 16,
+    shard_size: Annotated[int, typer.Option(min=1, help="Examples per shard (the unit of resumption).")] = 1024,
     streaming: Annotated[bool, typer.Option(help="Stream the dataset (corpora larger than memory).")] = False,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an existing store.")] = False,
 ) -> None:
     """Seller: sketch a dataset with the buyer's model and spec (nothing leaves this machine).
-    Under `accelerate launch [--num_machines M] -m tip_hf.cli sketch ...` each process sketches
-    its own shards; the result is identical to one process, and a killed run resumes."""
+    Under `accelerate launch [--multi_gpu | --cpu] --num_processes N -m tip_hf.cli sketch ...` each
+    process sketches its own shards; the result is identical to one process, and a killed run resumes."""
+    valuation_spec, fingerprint = _read_spec(spec)
+    data = _load_data(dataset, config=config, split=split, streaming=streaming)
+    fmt = _data_format(
+        data,
+        valuation_spec,
+        text_column=text_column,
+        label_column=label_column,
+        corpus_column=_corpus_column(data, corpus_column, corpus),
+        corpus=corpus,
+        max_length=max_length,
+        feature_column=feature_column,
+    )
     import torch
 
-    from .data import load_corpus
     from .dataset import sketch_dataset
 
     device, main = _device_and_main()
-    valuation_spec, fingerprint = _read_spec(spec)
-    net, tokenizer = _load_model(model, valuation_spec.task)
+    net, tok = _load_model(model, valuation_spec.task, tokenizer, needs_tokenizer=feature_column is None)
     net = net.to(device)
-    data = load_corpus(dataset, config=config, split=split, streaming=streaming)
     store = sketch_dataset(
         net,
         data,
         valuation_spec,
         out,
-        tokenizer=tokenizer,
-        text_column=text_column,
-        label_column=label_column,
-        corpus_column=_corpus_column(data, corpus_column, corpus),
-        corpus=corpus,
+        tokenizer=tok,
+        text_column=fmt.text_column,
+        label_column=fmt.label_column,
+        corpus_column=fmt.corpus_column,
+        corpus=fmt.corpus,
         batch_size=batch_size,
         shard_size=shard_size,
-        max_length=max_length,
+        max_length=fmt.max_length,
+        feature_column=fmt.feature_column,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         overwrite=overwrite,
         progress=main,
@@ -443,6 +526,12 @@ def sketch(
     )
     if main:
         typer.echo(f"{len(store)} sketches (k = {store.proj_dim}) in {len(store.corpora)} corpora written to {out}")
+
+
+def _load_data(dataset: str, **kwargs: Any) -> Any:
+    from .data import load_corpus
+
+    return load_corpus(dataset, **kwargs)
 
 
 @app.command()
@@ -531,6 +620,14 @@ def report(
     for path in inputs:
         _need(path, "input", "pass a bundle dir, store dir, values.json or results.json")
     written = render_report(inputs, out)
+    for path in inputs:
+        if (path / "manifest.json").is_file():
+            from .report import store_status
+            from .store import SketchStore
+
+            status = store_status(SketchStore(path))
+            if status != "complete":
+                typer.echo(f"tip report: warning: store '{path}' is {status}", err=True)
     typer.echo("\n".join(str(p) for p in written))
 
 

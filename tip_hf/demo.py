@@ -34,6 +34,19 @@ logger = logging.getLogger(__name__)
 TARGETS = ["encoder.layer.5.*.dense", "classifier"]
 
 
+STEPS = 6  # the headings run_demo prints: [1/6] ... [6/6]
+
+
+def _took(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{n:g} {word}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class DemoConfig:
     out_dir: str = "tip_demo"
@@ -57,7 +70,7 @@ class DemoConfig:
     realized_optim: str = "adamw_torch"
     realized_trains: str = "all"
     epsilon: float | None = 2.0  # the seller's DP (tip score's default); None: no DP
-    progress: bool = True
+    progress: bool = True  # step headings with timings (stdout) and progress bars; False: silent
 
     def sizes(self) -> tuple[int, int, int]:
         quick = (48, 128, 96) if self.quick else (96, 256, 192)
@@ -142,7 +155,7 @@ def _trainer(
     progress: bool = False,
     **kw: Any,
 ) -> Any:
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 
     args = TrainingArguments(
         output_dir=str(out),
@@ -158,6 +171,7 @@ def _trainer(
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),  # else a warning per run on CPU
         disable_tqdm=not progress,
     )
     trainer = Trainer(
@@ -168,7 +182,12 @@ def _trainer(
         processing_class=tokenizer,
         **kw,
     )
-    trainer.remove_callback(PrinterCallback)  # the demo prints its own summary
+    # the demo prints its own headings and summary: no raw metrics dict ({'train_runtime': ...})
+    trainer.remove_callback(PrinterCallback)
+    bar = trainer.pop_callback(ProgressCallback)
+    if bar is not None:  # keep the progress bar, without its metrics printout
+        bar.on_log = lambda *args, **kwargs: None
+        trainer.add_callback(bar)
     return trainer
 
 
@@ -193,7 +212,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
     import datasets
     import transformers
     from scipy.stats import pearsonr, spearmanr
-    from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .bundle import load_bundle
@@ -211,11 +229,19 @@ def run_demo(config: DemoConfig) -> DemoResult:
     clock = time.perf_counter()
     start = clock
 
+    def say(text: str, end: str = "\n") -> None:  # the demo's own progress lines (stdout), unless progress=False
+        if config.progress:
+            print(text, end=end, flush=True)
+
+    def heading(number: int, text: str) -> None:
+        say(f"[{number}/{STEPS}] {text} ...")
+
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         seconds[name] = round(now - clock, 2)
         clock = now
+        say(f"      done in {_took(seconds[name])}")
 
     out = Path(config.out_dir)
     for part in ("buyer", "seller", "exchange"):
@@ -225,6 +251,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
     torch.manual_seed(config.seed)
 
     # ---- buyer: data, model, fine-tuning with the callback ------------------------------
+    heading(
+        1,
+        f"buyer: fine-tuning MiniLM on {n_train} movie reviews ({_plural(config.buyer_epochs, 'epoch')}) "
+        f"with TIPCallback; query from {n_eval} eval reviews",
+    )
     movies = sentiment_snippets("movies")
     rng = random.Random(config.seed)
     order = list(range(len(movies)))
@@ -268,6 +299,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     eval_before = _eval_loss(model, tokenizer, eval_rows, config.max_length)
     lap("buyer fine-tuning + bundle")
 
+    heading(2, f"buyer: CKKS keys and the encrypted query (k = {config.proj_dim})")
     keys = BuyerKeys.generate()
     keys.save(buyer / "keys")
     shutil.copy(buyer / "keys" / "public_context.tip", exchange / "public_context.tip")
@@ -277,6 +309,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     # ---- seller: sketch with the published model, score under the buyer's key ------------
     corpora = demo_corpora(per_corpus, config.seed, {r.text for r in train_rows + eval_rows})
+    heading(3, f"seller: sketching {len(corpora)} corpora x {per_corpus} examples with the buyer's published model")
     seller_model = AutoModelForSequenceClassification.from_pretrained(exchange / "model").eval()
     seller_tok = AutoTokenizer.from_pretrained(exchange / "model")
     head = json.loads((exchange / "spec.json").read_text())
@@ -299,6 +332,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         progress=config.progress,
     )
     lap("seller sketching")
+    privacy = "no DP" if config.epsilon is None else f"DP epsilon {config.epsilon:g}"
+    heading(4, f"seller: scoring every corpus under the buyer's CKKS key ({privacy})")
     score_encrypted(
         exchange / "query.tip",
         store,
@@ -309,30 +344,39 @@ def run_demo(config: DemoConfig) -> DemoResult:
     lap("encrypted scoring")
 
     # ---- buyer: decrypt -----------------------------------------------------------------
+    heading(5, "buyer: decrypting and ranking the values")
     table = decrypt_scores(exchange / "scores.tip", BuyerKeys.load(buyer / "keys"))
     plain = plaintext_values(bundle.query, store)  # noiseless, unclipped: what DP and clipping cost
     released = plaintext_values(bundle.query, store, clip_norm=table.clip_norm)  # what was scored, before DP noise
     lap("decryption")
 
     # ---- realized check: fine-tune on each corpus, measure the eval-loss drop ------------
+    heading(
+        6,
+        f"realized check: fine-tuning the buyer's model on each corpus alone "
+        f"({len(corpora)} corpora x {_plural(config.realized_repeats, 'seed')})",
+    )
     realized: dict[str, float] = {}
-    jobs = [(name, repeat) for name in corpora for repeat in range(config.realized_repeats)]
-    for name, repeat in tqdm(jobs, desc="realized fine-tuning", disable=not config.progress):
-        candidate = copy.deepcopy(model)
-        if config.realized_trains == "targets":
-            _freeze_all_but_targets(candidate, list(config.targets))
-        _trainer(
-            candidate,
-            tokenizer,
-            _tokenised(corpora[name], tokenizer, config.max_length),
-            buyer / "realized",
-            config.realized_epochs,
-            config.realized_lr,
-            config.seed + repeat,
-            config.realized_optim,
-        ).train()
-        drop = eval_before - _eval_loss(candidate, tokenizer, eval_rows, config.max_length)
-        realized[name] = realized.get(name, 0.0) + drop / config.realized_repeats
+    for i, name in enumerate(corpora, 1):
+        say(f"      realized check {i}/{len(corpora)}: {name} ...", end="")
+        began = time.perf_counter()
+        for repeat in range(config.realized_repeats):
+            candidate = copy.deepcopy(model)
+            if config.realized_trains == "targets":
+                _freeze_all_but_targets(candidate, list(config.targets))
+            _trainer(
+                candidate,
+                tokenizer,
+                _tokenised(corpora[name], tokenizer, config.max_length),
+                buyer / "realized",
+                config.realized_epochs,
+                config.realized_lr,
+                config.seed + repeat,
+                config.realized_optim,
+            ).train()
+            drop = eval_before - _eval_loss(candidate, tokenizer, eval_rows, config.max_length)
+            realized[name] = realized.get(name, 0.0) + drop / config.realized_repeats
+        say(f" drop {realized[name]:+.4f} nats ({_took(time.perf_counter() - began)})")
     lap("realized check")
 
     rows_out = []

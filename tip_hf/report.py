@@ -48,35 +48,71 @@ def _value_bars(ax: Any, names: list[str], values: list[float], title: str, xlab
     ax.set_title(title)
 
 
+def _zscores(xs: list[float]) -> list[float]:
+    """Standardised over the list (mean 0, std 1); all zeros if the values are all equal."""
+    mean = sum(xs) / len(xs)
+    std = (sum((x - mean) ** 2 for x in xs) / len(xs)) ** 0.5
+    return [(x - mean) / std if std > 0 else 0.0 for x in xs]
+
+
+SCALES = (
+    "Predicted value and realized drop are in different units, so only their ranking is comparable: a "
+    "predicted value is first-order influence q · s, the inner product of the buyer's query with an "
+    "example's gradient sketch (units set by the sketch and the preconditioner), while a realized drop is "
+    "the decrease of the buyer's eval loss, in nats, after fine-tuning its model on the corpus alone."
+)
+
+
+def _paired_zbars(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Per corpus (top to bottom as ranked), predicted value and realized drop as z-scores,
+    each bar labelled with its raw number."""
+    values = [r["value_mean"] for r in rows]
+    drops = [r["realized_eval_loss_drop"] for r in rows]
+    y = list(range(len(rows)))[::-1]
+    pairs = (
+        (_zscores(values), values, +0.2, "#1864ab", "predicted value (TIP, encrypted)", "{:.3g}"),
+        (_zscores(drops), drops, -0.2, "#e8590c", "realized eval-loss drop (nats)", "{:+.4f}"),
+    )
+    for z, raw, shift, color, label, fmt in pairs:
+        ax.barh([v + shift for v in y], z, height=0.38, color=color, label=label)
+        for yi, zi, r in zip(y, z, raw, strict=True):
+            ax.annotate(
+                fmt.format(r),
+                (zi, yi + shift),
+                xytext=(3 if zi >= 0 else -3, 0),
+                textcoords="offset points",
+                ha="left" if zi >= 0 else "right",
+                va="center",
+                fontsize=7,
+                color=color,
+            )
+    ax.axvline(0, color="black", linewidth=0.8)
+    low, high = ax.get_xlim()
+    ax.set_xlim(low - 0.35 * (high - low) / 2, high + 0.35 * (high - low) / 2)  # room for the raw numbers
+    ax.set_xlabel("z-score over the corpora (raw number at each bar)")
+    ax.legend(loc="best", fontsize=8)
+
+
 def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, Any]) -> Path:
-    """``valuation.png`` (value per corpus; predicted vs realized) and ``report.md``."""
+    """``valuation.png`` (value per corpus; predicted vs realized, standardised) and ``report.md``."""
+    import textwrap
+
     plt = _pyplot()
     rows = result.rows
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True, gridspec_kw={"width_ratios": [1.1, 1]})
     _value_bars(
         left,
         [r["corpus"] for r in rows],
         [r["value_mean"] for r in rows],
         "Encrypted valuation (decrypted by the buyer)",
-        "value per example = predicted drop of the buyer's eval loss",
+        "predicted value per example, q · s (first-order influence)",
     )
-    values = [r["value_mean"] for r in rows]
-    drops = [r["realized_eval_loss_drop"] for r in rows]
-    right.scatter(values, drops, color="#1864ab")
-    for r in rows:
-        right.annotate(
-            r["corpus"],
-            (r["value_mean"], r["realized_eval_loss_drop"]),
-            fontsize=8,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
-    right.axhline(0, color="grey", linewidth=0.6)
-    right.axvline(0, color="grey", linewidth=0.6)
-    right.set_xlabel("predicted value (TIP, encrypted)")
-    right.set_ylabel("realized eval-loss drop after fine-tuning on the corpus")
-    right.set_title(f"Predicted vs realized: Spearman {result.spearman:.2f}, Pearson {result.pearson:.2f}")
-    fig.tight_layout()
+    _paired_zbars(right, rows)
+    right.set_title(f"Predicted vs realized, as z-scores: Spearman {result.spearman:.2f}")
+    caption = f"{SCALES} Right: both as z-scores over the corpora; Spearman {result.spearman:.3f}, Pearson "
+    caption += f"{result.pearson:.3f}."
+    fig.text(0.01, 0.01, textwrap.fill(caption, 230), fontsize=8)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     figure = out / "valuation.png"
     fig.savefig(figure, dpi=120)
     plt.close(fig)
@@ -118,6 +154,7 @@ corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, 
 measured and averaged over {config.realized_repeats} training seeds.
 
 **Rank agreement, predicted vs realized: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}.**
+{SCALES} The figure shows both as z-scores.
 Encrypted vs the plaintext of what was scored: max |difference| {max_err:.2e} (DP noise + CKKS flooding).
 
 {markdown_table(table)}
@@ -131,6 +168,18 @@ Encrypted vs the plaintext of what was scored: max |difference| {max_err:.2e} (D
     report = out / "report.md"
     report.write_text(text)
     return report
+
+
+def store_status(store: Any) -> str:
+    """ "complete", or how far an interrupted store got and how to finish it."""
+    if store.complete:
+        return "complete"
+    from .distributed import recorded_entries
+
+    done = len(store) + sum(int(e["count"]) for e in recorded_entries(store.path))
+    total = store.manifest["source"].get("num_rows")
+    of = f"{done} of {total}" if isinstance(total, int) else f"{done} (stream; total unknown)"
+    return f"INCOMPLETE: {of} rows sketched -- run the same `tip sketch` command again to finish it"
 
 
 def render_report(inputs: list[Path], out: Path) -> list[Path]:
@@ -162,6 +211,7 @@ def render_report(inputs: list[Path], out: Path) -> list[Path]:
                     row["clusters"] = len(clusters)
                 counts.append(row)
             sections += [f"## Seller store `{path.name}` (k = {store.proj_dim}, {len(store)} examples)", ""]
+            sections += [f"Status: {store_status(store)}", ""]
             sections += [markdown_table(counts), ""]
         elif path.suffix == ".json" and path.is_file():
             data = json.loads(path.read_text())
