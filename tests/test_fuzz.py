@@ -595,7 +595,7 @@ def test_store_refuses_hostile_manifests(material):
 
 
 def test_rank_records_are_checked(material):
-    from tip_hf.distributed import _records
+    from tip_hf.distributed import recorded_entries as _records
 
     for text in ["[1]", "{not json", '{"shards": [{"file": "../../x", "start": 0, "count": 1}]}', "\udcff"]:
         with store_copy(material) as path:

@@ -49,11 +49,13 @@ def store(tmp_path_factory):
 
 
 def decode_all(result, keys: BuyerKeys) -> list[np.ndarray]:
-    """Every slot of every returned ciphertext, as complex numbers (the attacker's view)."""
+    """Every slot of every returned value ciphertext, as complex numbers (the attacker's view).
+    The last ciphertext, the header check, is a function of the header and the buyer's own
+    secret only (`tests/test_header_binding.py` shows its slots are that plus flooding)."""
     context = keys.public.context
     decryptor, encoder = seal.Decryptor(context, keys.secret_key), seal.CKKSEncoder(context)
     out = []
-    for blob in result.blobs:
+    for blob in result.blobs[:-1]:
         plain = seal.Plaintext()
         decryptor.decrypt(S.load(seal.Ciphertext, context, blob), plain)
         out.append(np.asarray(encoder.decode_complex(plain)))
@@ -61,7 +63,8 @@ def decode_all(result, keys: BuyerKeys) -> list[np.ndarray]:
 
 
 def forge_query(keys: BuyerKeys, slot_values: list[complex], template) -> Message:
-    """A query message whose ciphertext t encrypts ``slot_values[t]`` in every slot."""
+    """A query message whose ciphertext t encrypts ``slot_values[t]`` in every slot, followed
+    by the honest ``template``'s header-check ciphertext (its secret is recorded for the new id)."""
     context = keys.public.context
     encoder, encryptor = seal.CKKSEncoder(context), seal.Encryptor(context, keys.secret_key)
     blobs = []
@@ -70,8 +73,8 @@ def forge_query(keys: BuyerKeys, slot_values: list[complex], template) -> Messag
         encoder.encode(complex(value), 2.0**keys.public.params.query_scale_bits, plain)
         blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
     header = dict(template.message.header, query_id=secrets.token_hex(16))
-    keys.remember_query(header["query_id"], 0)
-    return Message("tip_hf.query", header, blobs)
+    keys.remember_query(header["query_id"], 0, keys.query_checks[template.query_id])
+    return Message("tip_hf.query", header, [*blobs, template.message.blobs[-1]])
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -475,7 +478,7 @@ def test_bad_messages_give_clear_errors(keys, store):
     result = score_encrypted(query, st, ctx, progress=False)
     with pytest.raises(MessageError, match="wrong keys"):
         decrypt_scores(result, other)
-    swapped = Message(result.message.kind, result.header, [result.blobs[0][::-1]])
+    swapped = Message(result.message.kind, result.header, [result.blobs[0][::-1], result.blobs[1]])
     with pytest.raises(MessageError, match="do not match their header"):
         decrypt_scores(swapped, keys)
     honest = encrypt_query(np.ones(K), keys)

@@ -569,11 +569,11 @@ def score(
     from .he import ReleasePolicy, score_encrypted
     from .store import SketchStore
 
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}.")
     _need(store / "manifest.json", "store manifest", "run `tip sketch` first; an interrupted run resumes")
     _need(query_file, "query file", "the buyer's `tip query` writes it")
     _need(context, "public context", "the buyer's `tip keygen` writes public_context.tip")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}.")
     policy = ReleasePolicy(
         min_examples=min_examples,
         allow_example_release=allow_example_release,

@@ -26,7 +26,7 @@ def main(work: str) -> None:
     if rank == 0:
         example.save(root / "example.tip")
         corpus.save(root / "corpus.tip")
-    print(f"rank={rank} world={world} blocks={len(example.blobs)}", flush=True)
+    print(f"rank={rank} world={world} blocks={len(example.header['blocks'])}", flush=True)
 
 
 if __name__ == "__main__":

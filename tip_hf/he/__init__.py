@@ -5,7 +5,8 @@
 - seller: :mod:`.policy` (``ReleasePolicy``, ``SellerLedger``), :mod:`.dp` (noised corpus
   sums), :mod:`.scoring` (``score_encrypted``);
 - the CKKS kernel both sides rely on: :mod:`.kernel` (the only code that touches the
-  buyer's ciphertexts), :mod:`.params`, :mod:`.seal`, :mod:`.messages`.
+  buyer's ciphertexts), :mod:`.params`, :mod:`.seal`, :mod:`.messages`, and :mod:`.binding`
+  (the buyer-keyed check that binds a scores header to its ciphertexts).
 """
 
 from .keys import BuyerKeys, KeyFileError, PublicContext

@@ -10,6 +10,12 @@ to N/2 rows (corpus sums or examples) the seller encodes plaintext ``t`` with
     acc += Encode(f_re + i f_im)           flooding, both parts, after the last key switch
     acc += Enc_pk(0)                       re-randomisation
 
+The query's last ciphertext is the buyer's header check (:mod:`tip_hf.he.binding`): slot
+``i`` holds a secret pair ``R_i`` in the same complex-pairs form. :meth:`QueryKernel.release_check`
+multiplies it alone by the public pairs ``H_i`` derived from the finished result header, then
+conjugates, floods and re-randomises exactly as above: slot ``i`` decrypts to ``<H_i, R_i>``.
+The value blocks never touch it.
+
 Flooding: every data-dependent error the buyer could decode (the seller's encoding rounding,
 the key switch of the conjugation, and the query's own noise, which the buyer knows) is
 bounded by :func:`evaluation_error_bound` for a query of norm <= 1 per slot; the flooding
@@ -68,12 +74,16 @@ class QueryKernel:
         if type(k) is not int or not 0 < k <= 1 << 20:
             raise MessageError(f"The query's `proj_dim` must be a positive integer, got {k!r}.")
         self.k = k
-        expected = math.ceil(k / 2)
+        expected = math.ceil(k / 2) + 1
         if len(query.blobs) != expected:
-            raise MessageError(f"The query declares k={k} and so {expected} ciphertexts, but holds {len(query.blobs)}.")
+            raise MessageError(
+                f"The query declares k={k} and so {expected} ciphertexts ({expected - 1} for the vector, 1 header "
+                f"check), but holds {len(query.blobs)}."
+            )
         self.query_scale = 2.0**self.params.query_scale_bits
         self.plain_scale = 2.0**self.params.plain_scale_bits
-        self.cts = [self._checked(context, blob, t) for t, blob in enumerate(query.blobs)]
+        checked = [self._checked(context, blob, t) for t, blob in enumerate(query.blobs)]
+        self.cts, self.check_ct = checked[:-1], checked[-1]
         bound = evaluation_error_bound(
             self.params.poly_modulus_degree, self.params.query_scale_bits, self.params.plain_scale_bits
         )
@@ -121,10 +131,23 @@ class QueryKernel:
         if rows.shape[1] % 2:
             rows = np.pad(rows, ((0, 0), (0, 1)))
         pairs = np.ascontiguousarray(((rows[:, 0::2] + 1j * rows[:, 1::2]) / 2).T)
-        context, evaluator = self.public.context, self.evaluator
+        return self._finish(self._products(self.cts, pairs))
+
+    def release_check(self, rows: np.ndarray) -> bytes:
+        """``rows``: ``[m <= N/2, 2]``, every row's norm <= 1 (the header's public pairs ``H``).
+        Multiplies only the query's check ciphertext; slot ``i`` of the returned ciphertext
+        decrypts to ``<R_i, rows[i]>`` + flooding (``R_i`` the buyer's secret pair), every
+        other slot and every imaginary part to flooding alone."""
+        if rows.ndim != 2 or rows.shape[0] > self.params.slots or rows.shape[1] != 2:
+            raise ValueError(f"Check rows must be [<= {self.params.slots}, 2], got {list(rows.shape)}.")
+        pairs = ((rows[:, 0] + 1j * rows[:, 1]) / 2)[None, :]
+        return self._finish(self._products([self.check_ct], pairs))
+
+    def _products(self, cts: list[seal.Ciphertext], pairs: np.ndarray) -> seal.Ciphertext:
+        """``sum_t cts[t] * Encode(pairs[t])``, no rescale; an encryption of zero if every column is zero."""
+        evaluator = self.evaluator
         acc = None
-        for t, ct in enumerate(self.cts):
-            column = pairs[t]
+        for ct, column in zip(cts, pairs, strict=True):
             if not column.any():
                 continue
             plain, product = seal.Plaintext(), seal.Ciphertext()
@@ -136,12 +159,18 @@ class QueryKernel:
                 evaluator.add_inplace(acc, product)
         if acc is None:  # nothing released in this block: an encryption of zero
             acc = seal.Ciphertext()
-            self.encryptor.encrypt_zero(context.first_parms_id(), acc)
+            self.encryptor.encrypt_zero(self.public.context.first_parms_id(), acc)
             acc.scale = self.query_scale * self.plain_scale
+        return acc
+
+    def _finish(self, acc: seal.Ciphertext) -> bytes:
+        """Conjugate-add (real parts doubled, imaginary parts cancelled), flood both parts of
+        every slot after that last key switch, re-randomise with a fresh ``Enc_pk(0)``."""
+        evaluator = self.evaluator
         conjugate = seal.Ciphertext()
         evaluator.complex_conjugate(acc, self.public.galois_keys, conjugate)
         evaluator.add_inplace(acc, conjugate)
-        flood = self.rng.normal(0.0, self.flood_std, (2, slots))
+        flood = self.rng.normal(0.0, self.flood_std, (2, self.params.slots))
         plain = seal.Plaintext()
         self.encoder.encode((flood[0] + 1j * flood[1]).tolist(), acc.parms_id(), acc.scale, plain)
         evaluator.add_plain_inplace(acc, plain)

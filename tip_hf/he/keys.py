@@ -13,6 +13,7 @@ import tenseal.sealapi as seal
 
 from ..errors import TIPError
 from . import seal as S
+from .binding import SEED_BYTES
 from .messages import Message, MessageError, read_message
 from .params import CKKSParams, ParamsError, get_preset
 
@@ -93,12 +94,17 @@ class BuyerKeys:
     via a temporary file), and :attr:`public` (what the seller gets) does not hold it.
 
     ``query_exponents`` records, per query id, the power of two the query was divided by
-    before encryption, so decryption can restore the true scale (buyer-private)."""
+    before encryption, so decryption can restore the true scale; ``query_checks`` the hex
+    seed of the query's secret header-check values (:mod:`tip_hf.he.binding`). Both are
+    buyer-private, kept in ``queries.json`` (0600). A query recorded by a tip_hf before the
+    header check has an exponent and no check: :func:`tip_hf.he.decrypt_scores` refuses its
+    results (they cannot be told from edited ones) and asks for a new query."""
 
     public: PublicContext
     secret_key: seal.SecretKey
     query_exponents: dict[str, int] = field(default_factory=dict)
     directory: Path | None = None
+    query_checks: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def generate(cls, preset: str | CKKSParams = "n8192") -> BuyerKeys:
@@ -169,24 +175,61 @@ class BuyerKeys:
             secret_key = S.load(seal.SecretKey, public.context, secret.blobs[0])
         except S.SealLoadError as e:
             raise MessageError(f"The secret key in '{path}' does not load: {e}") from None
-        queries_path = path / QUERIES_FILE
-        exponents: object = {}
-        if queries_path.is_file():
-            try:
-                exponents = json.loads(queries_path.read_text())
-            except (ValueError, UnicodeDecodeError):
-                exponents = None
-        if not isinstance(exponents, dict) or not all(type(v) is int for v in exponents.values()):
-            raise KeyFileError(f"'{queries_path}' is damaged (expected a JSON object of query id -> exponent).")
-        return cls(public, secret_key, exponents, path)
+        exponents, checks = _read_queries(path / QUERIES_FILE)
+        return cls(public, secret_key, exponents, path, checks)
 
-    def remember_query(self, query_id: str, exponent: int) -> None:
+    def remember_query(self, query_id: str, exponent: int, check: str | None = None) -> None:
+        """Record a query's scale exponent and the hex seed of its header check (private)."""
         self.query_exponents[query_id] = exponent
+        if check is None:
+            self.query_checks.pop(query_id, None)
+        else:
+            self.query_checks[query_id] = check
         self._save_queries()
 
     def _save_queries(self) -> None:
         if self.directory is not None:
-            _write_private(self.directory / QUERIES_FILE, json.dumps(self.query_exponents, indent=1).encode())
+            records: dict[str, object] = {}
+            for query_id, exponent in self.query_exponents.items():
+                check = self.query_checks.get(query_id)
+                records[query_id] = exponent if check is None else {"exponent": exponent, "check": check}
+            _write_private(self.directory / QUERIES_FILE, json.dumps(records, indent=1).encode())
+
+
+def _read_queries(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """``queries.json``: query id -> ``{"exponent": int, "check": hex seed}``, or -> a bare
+    exponent (written before the header check: such a query has no check)."""
+    records: object = {}
+    if path.is_file():
+        try:
+            records = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            records = None
+    damaged = KeyFileError(
+        f'\'{path}\' is damaged (expected a JSON object of query id -> {{"exponent": int, "check": hex}}).'
+    )
+    if not isinstance(records, dict):
+        raise damaged
+    exponents, checks = {}, {}
+    for query_id, record in records.items():
+        if type(record) is int:  # an older tip_hf's record: no header check
+            exponents[query_id] = record
+            continue
+        if not isinstance(record, dict) or type(record.get("exponent")) is not int:
+            raise damaged
+        check = record.get("check")
+        if not isinstance(check, str) or len(check) != 2 * SEED_BYTES or not _is_hex(check):
+            raise damaged
+        exponents[query_id], checks[query_id] = record["exponent"], check
+    return exponents, checks
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 class KeyFileError(TIPError, OSError):

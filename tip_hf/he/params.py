@@ -23,10 +23,15 @@ from typing import Any
 
 from ..errors import TIPError
 
-__all__ = ["LAYOUT", "MAX_LOG_Q_128", "PRESETS", "CKKSParams", "ParamsError", "get_preset"]
+__all__ = ["KEY_LAYOUTS", "LAYOUT", "MAX_LOG_Q_128", "PRESETS", "CKKSParams", "ParamsError", "get_preset"]
 
 MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
-LAYOUT = "complex-pairs/2"  # the query layout of this release (no rescale, seller-owned flooding)
+# The query layout of this release: ceil(k/2) complex-pair ciphertexts of the vector, then one
+# header-check ciphertext (tip_hf.he.binding); no rescale, seller-owned flooding.
+LAYOUT = "complex-pairs/3"
+# Keys (parameters, public key, conjugation key) of these layouts are the same as this one's:
+# a buyer keeps its keys across them; only its queries must be new (QueryKernel checks LAYOUT).
+KEY_LAYOUTS = (LAYOUT, "complex-pairs/2")
 
 
 class ParamsError(TIPError, ValueError):
@@ -102,7 +107,7 @@ class CKKSParams:
         """Parse the buyer's declared parameters; anything malformed is a ``ParamsError``."""
         if not isinstance(data, dict):
             raise ParamsError("The CKKS parameters must be a JSON object.")
-        if data.get("layout") != LAYOUT:
+        if data.get("layout") not in KEY_LAYOUTS:
             raise ParamsError(
                 f"These CKKS parameters are for layout {data.get('layout', 'complex-pairs/1')!r}; this tip_hf "
                 f"uses {LAYOUT!r}. Make new keys with `tip keygen` (BuyerKeys.generate()) and a new query."

@@ -15,6 +15,7 @@ import torch
 
 from ..spec import ValuationSpec
 from . import seal as S
+from .binding import SEED_BYTES, secret_rows
 from .keys import BuyerKeys
 from .messages import Message
 from .params import LAYOUT
@@ -58,7 +59,10 @@ def encrypt_query(
     """Encrypt the buyer's query vector ``q`` (``[k]``, real) under its own secret key.
 
     The query is divided by a power of two ``2^e >= |q|`` so every value fits the CKKS range;
-    ``e`` stays with the buyer (``keys.query_exponents``) and decryption undoes it. The
+    ``e`` stays with the buyer (``keys.query_exponents``) and decryption undoes it. One more
+    ciphertext follows the ``ceil(k/2)`` of the vector: the header check, secret values
+    derived from a fresh seed that also stays with the buyer (``keys.query_checks``), which
+    binds the seller's result header to its ciphertexts (:mod:`tip_hf.he.binding`). The
     message is bound to the public context (hash) and to the spec -- to the full
     spec/model ``fingerprint`` when given (or computed from ``model``), else to the spec's
     sketch settings -- and the seller refuses to score a store that does not match.
@@ -88,6 +92,11 @@ def encrypt_query(
         plain = seal.Plaintext()
         encoder.encode(complex(scaled[2 * t], -scaled[2 * t + 1]), 2.0**params.query_scale_bits, plain)
         blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
+    seed = secrets.token_bytes(SEED_BYTES)
+    secret = secret_rows(seed)  # slot i: R_i[0] - i R_i[1], the vector's complex-pairs form
+    plain = seal.Plaintext()
+    encoder.encode((secret[:, 0] - 1j * secret[:, 1]).tolist(), 2.0**params.query_scale_bits, plain)
+    blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
     query_id = secrets.token_hex(16)
     header = {
         "query_id": query_id,
@@ -96,5 +105,5 @@ def encrypt_query(
         "layout": LAYOUT,
         **spec_binding(spec, fingerprint),
     }
-    keys.remember_query(query_id, exponent)
+    keys.remember_query(query_id, exponent, seed.hex())
     return EncryptedQuery(Message(QUERY_KIND, header, blobs))

@@ -21,8 +21,9 @@ import tenseal.sealapi as seal
 
 from ..errors import TIPError
 from ..values import CorpusRows
+from . import binding
 from . import seal as S
-from .keys import BuyerKeys
+from .keys import BuyerKeys, KeyFileError
 from .messages import Message, MessageError, read_message
 from .scoring import RESULT_KIND, ScoredResult, commitment_digest
 
@@ -76,7 +77,15 @@ def _result(source: ScoredResult | Message | bytes | str | os.PathLike[str]) -> 
 
 
 def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLike[str], keys: BuyerKeys) -> ScoreTable:
-    """Buyer side: decrypt a result into a ranked per-corpus table (or per-example values)."""
+    """Buyer side: decrypt a result into a ranked per-corpus table (or per-example values).
+
+    Before reading any value, the header check (:mod:`tip_hf.he.binding`) must hold: the last
+    ciphertext decrypts, in every check slot, to the query's secret values combined with
+    values derived from the header exactly as received. An edited header field (exponent,
+    count, name, DP statement, flooding std, commitment, ...) or a swapped value ciphertext
+    raises :class:`MessageError`. Results of a query made by a tip_hf before the check (its
+    ``queries.json`` record holds no check) are refused: they cannot be told from edited ones.
+    """
     result = _result(result_msg)
     header = result.header
     if header.get("context_hash") != keys.context_hash:
@@ -87,9 +96,22 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
     query_id = header.get("query_id")
     if not isinstance(query_id, str) or query_id not in keys.query_exponents:
         raise MessageError(f"Query {str(query_id)[:40]!r} was not made with these keys (no record of it).")
+    check_seed = keys.query_checks.get(query_id)
+    if check_seed is None:
+        raise MessageError(
+            f"Query {query_id[:40]!r} was made by an older tip_hf, whose results carry no header check and so "
+            "cannot be told from edited ones; make a new query with this release."
+        )
     hashes = result.field("blob_sha256", list)
-    if hashes != [hashlib.sha256(blob).hexdigest() for blob in result.blobs]:
+    check = result.field(binding.CHECK_FIELD, (dict, type(None)))
+    if check is None or check.get("slots") != binding.CHECK_SLOTS or not isinstance(check.get("sha256"), str):
+        raise MessageError(
+            "The scores carry no valid header check (scored by an older tip_hf, or edited); ask the seller to "
+            "score the query again with this tip_hf release."
+        )
+    if not result.blobs or [*hashes, check["sha256"]] != [hashlib.sha256(blob).hexdigest() for blob in result.blobs]:
         raise MessageError("The scores' ciphertexts do not match their header (swapped, dropped or edited).")
+    values_blobs = result.blobs[:-1]
     q_exp = keys.query_exponents[query_id]
     flood = result.field("flood_std", float)
     context = keys.public.context
@@ -102,17 +124,35 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
             raise MessageError(f"A result ciphertext does not load: {e}") from None
         if not seal.is_valid_for(ct, context) or ct.size() != 2:
             raise MessageError("A result ciphertext is not valid for the buyer's context.")
+        if ct.scale != 2.0**keys.public.params.product_scale_bits:
+            raise MessageError("A result ciphertext has another scale than scoring gives: it was edited.")
         plain = seal.Plaintext()
         decryptor.decrypt(ct, plain)
         return np.asarray(encoder.decode_double(plain))
 
+    try:
+        seed = bytes.fromhex(check_seed)
+    except ValueError:
+        seed = b""
+    if len(seed) != binding.SEED_BYTES:
+        raise KeyFileError(f"The keys' record of query {query_id[:40]!r} holds a damaged check seed.")
+    try:
+        expected = binding.expected_check(header, seed)
+    except (TypeError, ValueError, RecursionError):  # a header built in memory that JSON cannot write
+        raise MessageError("The scores header cannot be written as JSON, so it cannot be checked.") from None
+    found = slots(result.blobs[-1])[: binding.CHECK_SLOTS]
+    if not np.all(np.abs(found - expected) <= binding.check_tolerance(flood)):
+        raise MessageError(
+            "The scores header does not match its ciphertexts: it was edited after scoring (or the result is "
+            "for another query). Ask the seller to send the file again."
+        )
     release = header.get("release")
     if release == "example":
         parts, labels = [], []
         blocks = result.field("blocks", list)
-        if len(blocks) != len(result.blobs):
-            raise MessageError("The scores header lists another number of blocks than it holds ciphertexts.")
-        for blob, block in zip(result.blobs, blocks, strict=True):
+        if len(blocks) != len(values_blobs):
+            raise MessageError("The scores header lists another number of blocks than it holds value ciphertexts.")
+        for blob, block in zip(values_blobs, blocks, strict=True):
             count, exponent = _block_fields(block)
             parts.append(slots(blob)[:count] * 2.0 ** (exponent + q_exp))
             corpus = block.get("corpus")
@@ -130,7 +170,7 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
         raise MessageError("The scores header's scale exponent is out of range; the file is damaged or forged.")
     dp = header.get("dp")
     sigma = float(dp["sigma"]) if isinstance(dp, dict) and isinstance(dp.get("sigma"), float) else 0.0
-    decoded = [slots(blob) for blob in result.blobs]
+    decoded = [slots(blob) for blob in values_blobs]
     rows = []
     for c in result.field("corpora", list):
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):

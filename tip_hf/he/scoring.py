@@ -10,11 +10,16 @@ The CKKS work, masking and flooding are in :mod:`tip_hf.he.kernel`.
 The result commits to exactly the examples that were scored: per released corpus a salted
 SHA-256 over the multiset of its example ids (the salt is the seller's until delivery:
 :meth:`ScoredResult.opening_for`), nothing for withheld corpora.
+
+The last ciphertext is the header check (:mod:`tip_hf.he.binding`): computed from the
+buyer's check ciphertext and the finished header (value ciphertexts' SHA-256 included), it
+lets the buyer detect any later edit of the header or swap of a ciphertext.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import secrets
@@ -32,7 +37,7 @@ from ..distributed import rank_and_world
 from ..errors import SpecMismatchError, TIPError
 from ..store import SketchStore
 from ..values import clip_rows
-from . import dp
+from . import binding, dp
 from .kernel import QueryKernel
 from .keys import BuyerKeys, PublicContext
 from .messages import Message, MessageError, read_message
@@ -177,14 +182,25 @@ def score_encrypted(
         blobs, opening = _score_corpora(kernel, store, policy, header, progress)
     else:
         blobs, opening = [], {}
-    if world > 1:  # every rank returns the main process's answer (its salts, its blocks)
+    if rank == 0:  # the header is complete: bind it, with the value ciphertexts' hashes, to the buyer's check
+        header["blob_sha256"] = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+        blobs = [*blobs, _check_blob(kernel, header)]
+    if world > 1:  # every rank returns the main process's answer (its salts, its blocks, its check)
         payload: list[object] = [(header, blobs, opening)]
         torch.distributed.broadcast_object_list(payload, src=0)
         header, blobs, opening = payload[0]  # type: ignore[misc]
-    header["blob_sha256"] = [hashlib.sha256(blob).hexdigest() for blob in blobs]
     if ledger is not None and rank == 0:  # counted when the answer exists
         ledger.charge_query(buyer, policy.max_queries)  # type: ignore[arg-type]
     return ScoredResult(Message(RESULT_KIND, header, blobs), opening)
+
+
+def _check_blob(kernel: QueryKernel, header: dict[str, Any]) -> bytes:
+    """The header-check ciphertext (:mod:`tip_hf.he.binding`), last of the result's blobs: its
+    slots decrypt to the buyer's secret pairs dotted with pairs derived from this header, as
+    the buyer will read it (a JSON round trip), every field but ``check`` itself. Adds ``check``."""
+    blob = kernel.release_check(binding.header_rows(json.loads(json.dumps(header))))
+    header[binding.CHECK_FIELD] = {"slots": binding.CHECK_SLOTS, "sha256": hashlib.sha256(blob).hexdigest()}
+    return blob
 
 
 def _ledger(policy: ReleasePolicy, buyer: str | None) -> SellerLedger | None:
