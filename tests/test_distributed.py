@@ -5,6 +5,8 @@ sketch store (map-style and streaming, and after a killed rank is resumed), encr
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,13 @@ def test_killed_rank_then_resume_redoes_only_missing_shards(tmp_path):
     assert not manifest["complete"]
     done = sum(len(json.loads(p.read_text())["shards"]) for p in (tmp_path / "two").glob(".rank-*.json"))
     assert 1 <= done < 7, done
+    shutil.copytree(tmp_path / "two", tmp_path / "plain")  # the same crash, relaunched without accelerate
+    plain = launch(1, SKETCH, str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    redone_plain = [int(n) for n in re.findall(r"rank=0 world=1 sketched_shards=(\d+)", plain.stdout)]
+    assert redone_plain == [7 - done], (done, plain.stdout)  # only the missing shards
+    assert not list((tmp_path / "plain").glob(".rank-*.json")) and not (tmp_path / "plain" / ".lock").exists()
+    same_store(SketchStore(tmp_path / "one"), SketchStore(tmp_path / "plain"))
     resumed = launch(2, SKETCH, str(tmp_path / "two"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     redone = sum(shards_per_rank(resumed.stdout).values())
