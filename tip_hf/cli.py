@@ -107,6 +107,12 @@ def _device_and_main() -> tuple[Any, bool]:
         rank, world = rank_and_world()
         typer.echo(f"tip: process rank {rank}/{world} on {state.device}", err=True)  # one line per process
         return state.device, rank == 0
+    if any(key.startswith("ACCELERATE_") for key in os.environ):
+        typer.echo(
+            "tip: running as ONE process under accelerate launch; for N processes pass --multi_gpu "
+            "--num_processes N (on a CPU-only machine too: N gloo processes).",
+            err=True,
+        )
     return torch.device("cuda" if torch.cuda.is_available() else "cpu"), True
 
 
