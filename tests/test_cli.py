@@ -191,6 +191,10 @@ def test_cli_verify_and_report(market):
         f.writelines(json.dumps(r) + "\n" for r in swapped)
     bad = tip("verify", "--dataset", "tampered.jsonl", *common, cwd=buyer, check=False)
     assert bad.returncode == 1 and "clean" in bad.stdout and "DO NOT MATCH" in bad.stdout
+    # the opening lists the scored ids, so the buyer learns which rows: row 0 changed, nothing else
+    assert "1 scored examples missing from the delivery; 1 delivered rows not scored (extra or changed): rows 0" in (
+        bad.stdout
+    ), bad.stdout
     tip("report", "bundle", str(seller / "store"), "values.json", "-o", "report", cwd=buyer)
     report = (buyer / "report" / "report.md").read_text()
     assert report.count("##") == 3 and "near-duplicate sketches" in report

@@ -131,3 +131,25 @@ def test_dictionary_search_on_commitments_fails(tmp_path, keys):
     assert verify_commitment(result, {"pair": ids[:2]}, opening) == {"pair": True}
     with pytest.raises(Exception, match="No commitment to open"):
         result.opening_for(["solo"])
+
+
+def test_delivery_diff_names_missing_extra_and_changed_rows(tmp_path):
+    """The opening's id list is checked against the commitment; then the diff is exact."""
+    import torch
+
+    from tip_hf.he import BuyerKeys, ReleasePolicy, VerificationError, delivery_diff, encrypt_query, score_encrypted
+
+    spec = ValuationSpec(targets=["x"], proj_dim=8)
+    ids = [bytes([i]) * 32 for i in range(12)]
+    store = SketchStore.from_arrays(tmp_path / "s", torch.randn(12, 8), ["a"] * 12, spec, "f" * 64, ids=ids)
+    keys = BuyerKeys.generate("n8192")
+    result = score_encrypted(encrypt_query(torch.randn(8), keys, spec), store, keys.public, "corpus",
+                             ReleasePolicy(min_examples=1), progress=False)  # fmt: skip
+    opening = result.opening_for(["a"])
+    delivered = [ids[i] for i in (3, 1, 0, 2, 4, 5, 6, 7, 8, 9)] + [b"\x77" * 32]  # 10, 11 missing; one extra
+    diff = delivery_diff(result, {"a": delivered}, opening)
+    assert diff == {"a": {"missing": 2, "extra": [10]}}
+    assert delivery_diff(result, {"a": list(reversed(ids))}, opening) == {"a": {"missing": 0, "extra": []}}
+    forged = {**opening, "ids": {"a": [i.hex() for i in delivered]}}  # a list other than the scored one
+    with pytest.raises(VerificationError, match="does not match the seller's commitment"):
+        delivery_diff(result, {"a": delivered}, forged)

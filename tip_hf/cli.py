@@ -368,7 +368,7 @@ def verify(
     from .bundle import load_bundle
     from .data import example_ids_by_corpus, load_corpus
     from .dataset import sketch_dataset
-    from .he import BuyerKeys, decrypt_scores, verify_commitment, verify_values
+    from .he import BuyerKeys, decrypt_scores, delivery_diff, verify_commitment, verify_values
     from .values import plaintext_values
 
     _need(scores, "scores file", "the seller's `tip score` writes it")
@@ -415,12 +415,22 @@ def verify(
     recomputed = {name: float(values[name]["sum"]) for name in values.as_dict()}
     checked = verify_values(table, recomputed)
     flags = _near_duplicate_flags(data, columns["text_column"], ids)
+    diff = delivery_diff(scores, ids, opened) if isinstance(opened.get("ids"), dict) else {}
     ok = True
     for name in ids:
         good = committed[name] and checked[name]["ok"]
         ok &= bool(good)
+        where = ""
+        if not committed[name] and name in diff:
+            extra = diff[name]["extra"]
+            assert isinstance(extra, list)
+            shown = ", ".join(str(i) for i in extra[:10]) + (" ..." if len(extra) > 10 else "")
+            where = (
+                f" ({diff[name]['missing']} scored examples missing from the delivery; {len(extra)} delivered rows "
+                f"not scored (extra or changed){': rows ' + shown if extra else ''})"
+            )
         typer.echo(
-            f"{name:<24} ids {'match' if committed[name] else 'DO NOT MATCH'} the commitment; value "
+            f"{name:<24} ids {'match' if committed[name] else 'DO NOT MATCH'} the commitment{where}; value "
             f"{checked[name]['recomputed']:.6g} vs decrypted {checked[name]['decrypted']:.6g} "
             f"(tolerance {checked[name]['tolerance']:.2g}): {'ok' if checked[name]['ok'] else 'DOES NOT MATCH'}"
             f"{flags.get(name, '')}"
@@ -460,7 +470,10 @@ def open_commitments(
     missing = [c for c in corpus if c not in salts]
     if missing:
         raise ValueError(f"No commitment for {missing} in '{opening}'; released corpora: {sorted(salts)}.")
-    out.write_text(json.dumps({**data, "salts": {c: salts[c] for c in corpus}}, indent=1) + "\n")
+    opened = {**data, "salts": {c: salts[c] for c in corpus}}
+    if isinstance(data.get("ids"), dict):  # the bought corpora's ids: the buyer can name missing or changed rows
+        opened["ids"] = {c: data["ids"][c] for c in corpus if c in data["ids"]}
+    out.write_text(json.dumps(opened, indent=1) + "\n")
     typer.echo(f"opening of {len(corpus)} corpora written to {out} (send it with the delivered data)")
 
 

@@ -14,7 +14,7 @@ from .messages import Message, MessageError
 from .params import PRESETS, CKKSParams, ParamsError
 from .policy import DEFAULT_EPSILON, PolicyError, ReleasePolicy, SellerLedger
 from .query import EncryptedQuery, encrypt_query
-from .results import ScoreTable, VerificationError, decrypt_scores, verify_commitment, verify_values
+from .results import ScoreTable, VerificationError, decrypt_scores, delivery_diff, verify_commitment, verify_values
 from .scoring import ScoredResult, score_encrypted
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "SellerLedger",
     "VerificationError",
     "decrypt_scores",
+    "delivery_diff",
     "encrypt_query",
     "score_encrypted",
     "verify_commitment",

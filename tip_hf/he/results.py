@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,14 @@ from .keys import BuyerKeys, KeyFileError
 from .messages import Message, MessageError, read_message
 from .scoring import RESULT_KIND, ScoredResult, commitment_digest
 
-__all__ = ["ScoreTable", "VerificationError", "decrypt_scores", "verify_commitment", "verify_values"]
+__all__ = [
+    "ScoreTable",
+    "VerificationError",
+    "decrypt_scores",
+    "delivery_diff",
+    "verify_commitment",
+    "verify_values",
+]
 
 NOISE_Z = 6.0  # a recomputed value may differ from the decrypted one by this many noise stds
 
@@ -250,6 +258,49 @@ def verify_commitment(
         raw = [bytes.fromhex(i) if isinstance(i, str) else bytes(i) for i in ids]
         verdict[name] = commitment_digest(salt, raw) == committed[name].get("commitment")
     return verdict
+
+
+def delivery_diff(
+    result_msg: ScoredResult | Message | bytes | str | os.PathLike[str],
+    delivered: Mapping[str, Iterable[bytes | str]],
+    opening: Mapping[str, Any],
+) -> dict[str, dict[str, list[int] | int]]:
+    """Which delivered rows differ from what was scored, per corpus: ``missing`` (scored
+    examples not delivered, a count), ``extra`` (positions, within the corpus's delivered
+    rows, of rows that were not scored: extra or changed rows).
+
+    Needs the example ids in the seller's opening (``tip open`` includes them); they are
+    checked against the commitment first, so a seller cannot open to another list."""
+    header = _result(result_msg).header
+    listed = opening.get("ids") if isinstance(opening, Mapping) else None
+    salts = opening.get("salts") if isinstance(opening, Mapping) else None
+    if not isinstance(listed, Mapping) or not isinstance(salts, Mapping):
+        raise VerificationError("The opening lists no example ids; ask the seller for an opening made by `tip open`.")
+    committed = {c.get("name"): c for c in header.get("corpora", []) if isinstance(c, dict) and c.get("released")}
+    out: dict[str, dict[str, list[int] | int]] = {}
+    for name, ids in delivered.items():
+        scored = listed.get(name)
+        if name not in committed or not isinstance(scored, list) or name not in salts:
+            raise VerificationError(f"The opening lists no ids for corpus {name!r}.")
+        try:
+            scored_ids = [bytes.fromhex(str(i)) for i in scored]
+            salt = bytes.fromhex(str(salts[name]))
+        except ValueError:
+            raise VerificationError(f"The opening's ids or salt for corpus {name!r} are not hex.") from None
+        if commitment_digest(salt, scored_ids) != committed[name].get("commitment"):
+            raise VerificationError(
+                f"The opening's id list for corpus {name!r} does not match the seller's commitment: it is not the "
+                "list that was scored."
+            )
+        remaining = Counter(scored_ids)
+        extra = []
+        for position, raw in enumerate(bytes.fromhex(i) if isinstance(i, str) else bytes(i) for i in ids):
+            if remaining[raw] > 0:
+                remaining[raw] -= 1
+            else:
+                extra.append(position)
+        out[name] = {"missing": sum(remaining.values()), "extra": extra}
+    return out
 
 
 def verify_values(

@@ -26,7 +26,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -66,10 +66,13 @@ def commitment_digest(salt: bytes, ids: Iterable[bytes]) -> str:
 class ScoredResult:
     """What ``score_encrypted`` returns. ``message`` goes to the buyer (:meth:`save`);
     ``opening`` (corpus -> salt) stays with the seller until delivery, when
-    :meth:`opening_for` gives the buyer the salts of the corpora it bought."""
+    :meth:`opening_for` gives the buyer the salts of the corpora it bought, and the ids of
+    their examples (``ids``: corpus -> hex ids, sorted), so the buyer can say which delivered
+    rows are missing, extra or changed."""
 
     message: Message
     opening: dict[str, str]
+    ids: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def header(self) -> dict[str, Any]:
@@ -97,11 +100,14 @@ class ScoredResult:
         missing = [c for c in wanted if c not in self.opening]
         if missing:
             raise TIPError(f"No commitment to open for {missing}: released corpora are {sorted(self.opening)}.")
-        return {
+        opened: dict[str, Any] = {
             "format": "tip_hf.opening/1",
             "query_id": self.header["query_id"],
             "salts": {c: self.opening[c] for c in wanted},
         }
+        if self.ids:
+            opened["ids"] = {c: self.ids[c] for c in wanted if c in self.ids}
+        return opened
 
 
 def score_encrypted(
@@ -176,22 +182,23 @@ def score_encrypted(
         "flood_std": kernel.flood_std,
     }
     rank, world = rank_and_world()
+    opened_ids: dict[str, list[str]] = {}
     if release == "example":
         blobs, opening = _score_examples(kernel, store, policy, header, progress, workers, (query, public))
     elif rank == 0:  # one plaintext pass and k/2 products per block of corpora: the main process
-        blobs, opening = _score_corpora(kernel, store, policy, header, progress)
+        blobs, opening, opened_ids = _score_corpora(kernel, store, policy, header, progress)
     else:
         blobs, opening = [], {}
     if rank == 0:  # the header is complete: bind it, with the value ciphertexts' hashes, to the buyer's check
         header["blob_sha256"] = [hashlib.sha256(blob).hexdigest() for blob in blobs]
         blobs = [*blobs, _check_blob(kernel, header)]
     if world > 1:  # every rank returns the main process's answer (its salts, its blocks, its check)
-        payload: list[object] = [(header, blobs, opening)]
+        payload: list[object] = [(header, blobs, opening, opened_ids)]
         torch.distributed.broadcast_object_list(payload, src=0)
-        header, blobs, opening = payload[0]  # type: ignore[misc]
+        header, blobs, opening, opened_ids = payload[0]  # type: ignore[misc]
     if ledger is not None and rank == 0:  # counted when the answer exists
         ledger.charge_query(buyer, policy.max_queries)  # type: ignore[arg-type]
-    return ScoredResult(Message(RESULT_KIND, header, blobs), opening)
+    return ScoredResult(Message(RESULT_KIND, header, blobs), opening, opened_ids)
 
 
 def _check_blob(kernel: QueryKernel, header: dict[str, Any]) -> bytes:
@@ -253,7 +260,7 @@ def _pow2_at_least(x: float) -> int:
 
 def _score_corpora(
     kernel: QueryKernel, store: SketchStore, policy: ReleasePolicy, header: dict[str, Any], progress: bool
-) -> tuple[list[bytes], dict[str, str]]:
+) -> tuple[list[bytes], dict[str, str], dict[str, list[str]]]:
     names = store.corpora
     version = path = None
     clip = policy.clip_norm
@@ -278,7 +285,7 @@ def _score_corpora(
     sums = totals.numpy()
     exponent = _pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))
     order = [c for c in range(len(names)) if released[c]]
-    blobs, corpora, opening = [], [], {}
+    blobs, corpora, opening, opened_ids = [], [], {}, {}
     slots = kernel.params.slots
     chunks = [order[lo : lo + slots] for lo in range(0, len(order), slots)] or [[]]
     for chunk, members in enumerate(tqdm(chunks, desc="scoring", disable=not progress)):
@@ -286,6 +293,7 @@ def _score_corpora(
         for slot, c in enumerate(members):
             salt = secrets.token_bytes(32)
             opening[names[c]] = salt.hex()
+            opened_ids[names[c]] = sorted(i.hex() for i in ids[c])
             corpora.append(
                 {
                     "name": names[c],
@@ -305,7 +313,7 @@ def _score_corpora(
         dp=None if version is None else version.public(),
         commitment=_root(corpora),
     )
-    return blobs, opening
+    return blobs, opening, opened_ids
 
 
 def _root(corpora: list[dict[str, Any]]) -> dict[str, Any]:
