@@ -458,3 +458,16 @@ def test_budget_on_per_example_scores_is_refused(tmp_path):
         tip("reveal", "--scores", tmp_path / "scores.tip", "--keys", tmp_path / "keys", "-o", tmp_path / "v.json")[0]
         == 0
     )
+
+
+# -- 10. budgets that are not amounts -----------------------------------------------------------
+@pytest.mark.parametrize("budget", ["-100", "nan", "inf", "0"])
+def test_reveal_refuses_a_budget_that_is_not_an_amount(tmp_path, budget):
+    seller_and_buyer_files(tmp_path)
+    code, err = tip("score", "--store", tmp_path / "store", "--query", tmp_path / "query.tip", "--context",
+                    tmp_path / "keys" / "public_context.tip", "--no-dp", "--min-examples", "1",
+                    "-o", tmp_path / "scores.tip")  # fmt: skip
+    assert code == 0, err
+    one_line(*tip("reveal", "--scores", tmp_path / "scores.tip", "--keys", tmp_path / "keys", "--budget", budget,
+                  "-o", tmp_path / "v.json"), r"--budget must be a positive amount")  # fmt: skip
+    assert not (tmp_path / "v.json").exists()

@@ -10,7 +10,15 @@ from conftest import GPT2_TARGETS, make_bert, make_gpt2, minilm_dir
 from datasets import Dataset
 
 import tip_hf.sketcher as sketcher_module
-from tip_hf import GradientSketcher, SketchStore, SpecMismatchError, StoreCorruptedError, ValuationSpec, sketch_dataset
+from tip_hf import (
+    GradientSketcher,
+    SketchStore,
+    SpecMismatchError,
+    StoreCorruptedError,
+    TIPError,
+    ValuationSpec,
+    sketch_dataset,
+)
 from tip_hf.dataset import example_id
 
 SPEC = ValuationSpec(targets=GPT2_TARGETS, proj_dim=32, proj_factor=8)
@@ -174,3 +182,24 @@ def test_default_output_dir_is_a_reusable_cache(tmp_path, monkeypatch):
     assert store.path.parent == tmp_path / "cache" / "stores" and len(store) == 12
     again = sketch_dataset(model, data, SPEC, progress=False)  # complete: reused, not redone
     assert again.path == store.path and SketchStore.load(store.path, spec=SPEC).ids() == store.ids()
+
+
+def test_merged_stores_score_as_one(tmp_path):
+    """Two datasets sketched separately, merged: the same rows and sketches, one corpus table;
+    stores from another model or unfinished ones are refused."""
+    from tip_hf.store import merge_stores
+
+    model, data = make_gpt2(), corpus_dataset()
+    a = sketch_dataset(model, data.select(range(0, 20)), SPEC, tmp_path / "a", corpus="news", shard_size=8,
+                       progress=False)  # fmt: skip
+    b = sketch_dataset(model, data.select(range(20, 45)), SPEC, tmp_path / "b", corpus_column="source", shard_size=8,
+                       progress=False)  # fmt: skip
+    merged = merge_stores([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert merged.complete and merged.ids() == a.ids() + b.ids()
+    torch.testing.assert_close(merged.sketches(), torch.cat([a.sketches(), b.sketches()]))
+    assert merged.corpus_labels() == a.corpus_labels() + b.corpus_labels()
+    other = sketch_dataset(make_gpt2(seed=1), data.select(range(5)), SPEC, tmp_path / "o", progress=False)
+    with pytest.raises(SpecMismatchError, match="fingerprint"):
+        merge_stores([tmp_path / "a", other.path], tmp_path / "m2")
+    with pytest.raises(TIPError, match="not empty"):
+        merge_stores([tmp_path / "a", tmp_path / "b"], tmp_path / "m")

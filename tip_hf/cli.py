@@ -624,6 +624,24 @@ def score(
         )
 
 
+@app.command()
+@_friendly("merge")
+def merge(
+    stores: Annotated[list[Path], typer.Argument(help="Finished stores sketched with the same spec and model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged store.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a store at --out.")] = False,
+) -> None:
+    """Seller: one store from several (datasets sketched separately), so one `tip score` values
+    every corpus. Corpora of the same name are joined."""
+    from .store import merge_stores
+
+    for path in stores:
+        _need(path / "manifest.json", "store", "run `tip sketch` first")
+    merged = merge_stores(stores, out, overwrite=overwrite)
+    names = ", ".join(merged.corpora)
+    typer.echo(f"{len(merged)} sketches in {len(merged.corpora)} corpora ({names}) written to {out}")
+
+
 # ---------------------------------------------------------------------------------------
 # both
 # ---------------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ._version import __version__
-from .errors import SpecMismatchError, StoreCorruptedError
+from .errors import SpecMismatchError, StoreCorruptedError, TIPError
 from .json_depth import MAX_JSON_DEPTH, too_deep
 from .projection import PROJECTION_VERSION
 from .spec import ValuationSpec
 
-__all__ = ["SketchStore", "Shard", "STORE_FORMAT"]
+__all__ = ["SketchStore", "Shard", "STORE_FORMAT", "merge_stores"]
 
 STORE_FORMAT = "tip_hf.sketch_store/1"
 MANIFEST = "manifest.json"
@@ -341,6 +341,57 @@ def read_shard_tensors(path: Path, entry: dict[str, Any]) -> dict[str, torch.Ten
     tensors = _load_shard(file, entry)
     _check_tensors(file, tensors, entry["count"], None, None if corpora is None else len(corpora))
     return tensors
+
+
+def merge_stores(
+    sources: list[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, overwrite: bool = False
+) -> SketchStore:
+    """One store from several finished stores sketched with the same spec and model (the
+    seller's corpora from different datasets), so one ``score`` values them all: shards are
+    copied in order, corpus codes mapped to one table (corpora of the same name are joined).
+
+    Raises:
+        SpecMismatchError: the stores were made with different spec/model fingerprints.
+        StoreCorruptedError: a source is incomplete or damaged (checksums are verified).
+    """
+    if len(sources) < 2:
+        raise TIPError("Merging needs at least two stores.", cli_fix="Pass two or more store folders.")
+    stores = [SketchStore(path) for path in sources]
+    first = stores[0]
+    for store in stores:
+        if not store.complete:
+            raise StoreCorruptedError(
+                f"Store '{store.path}' is not finished; run its `tip sketch` again to finish it, then merge."
+            )
+        for key, what in (("fingerprint", "The spec/model fingerprint"), ("projection", "The projection")):
+            if store.manifest[key] != first.manifest[key]:
+                raise SpecMismatchError(
+                    f"{what} of store '{store.path}'",
+                    first.manifest[key],
+                    store.manifest[key],
+                    "Only stores sketched with the same spec and model can be merged.",
+                )
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite or not (out / MANIFEST).is_file():
+            raise TIPError(
+                f"'{out}' exists and is not empty.",
+                fix="Choose a new output_dir (or overwrite=True to replace a store there).",
+                cli_fix="Choose a new --out (or --overwrite to replace a store there).",
+            )
+        for child in out.iterdir():
+            if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
+                child.unlink()
+    header = {key: first.manifest[key] for key in ("tip_hf_version", "spec", "fingerprint", "projection", "proj_dim")}
+    header["source"] = {"merged": [{"path": store.path.name, **store.manifest["source"]} for store in stores]}
+    writer = StoreWriter.create(out, header)
+    for store in stores:
+        names = store.corpora
+        for shard in store.shards():  # checksummed as read
+            codes = torch.tensor([writer.corpus_code(names[c]) for c in shard.corpus.tolist()], dtype=torch.int32)
+            writer.append(shard.sketches, shard.ids, codes)
+    writer.finish()
+    return SketchStore(out)
 
 
 # -- validation of untrusted manifests and shards ---------------------------------------------
