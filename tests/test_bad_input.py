@@ -93,6 +93,20 @@ def one_line(code: int, err: str, pattern: str, exit_code: int = 1) -> str:
     return err
 
 
+def interrupt_on_batch(monkeypatch, n: int):
+    """Ctrl-C on the n-th backward pass; returns the real ``GradientSketcher.sketch``."""
+    original, calls = GradientSketcher.sketch, {"n": 0}
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(GradientSketcher, "sketch", interrupted)
+    return original
+
+
 # -- 1. two runs into one store -----------------------------------------------------------------
 def test_second_sketch_into_a_busy_store_is_refused(world, tmp_path):
     out = tmp_path / "store"
@@ -162,15 +176,7 @@ def test_max_length_beyond_the_models_positions(world, tmp_path):
 # -- 5. resume checks every row it skips ------------------------------------------------------------
 def test_resume_after_a_row_changed_inside_a_finished_shard(world, tmp_path, monkeypatch):
     data = rows(12)
-    original, calls = GradientSketcher.sketch, {"n": 0}
-
-    def dies_on_third_batch(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(GradientSketcher, "sketch", dies_on_third_batch)
+    original = interrupt_on_batch(monkeypatch, 3)
     kwargs = {"tokenizer": world["tokenizer"], "corpus_column": "corpus", "shard_size": 4, "batch_size": 4,
               "progress": False}  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
@@ -264,16 +270,7 @@ def test_negative_workers_and_batch_sizes_are_refused(world, tmp_path):
 
 # -- 11. a partial store is reported as such ---------------------------------------------------------
 def test_report_shows_a_partial_store(world, tmp_path, monkeypatch):
-    original = GradientSketcher.sketch
-    calls = {"n": 0}
-
-    def dies(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(GradientSketcher, "sketch", dies)
+    original = interrupt_on_batch(monkeypatch, 3)
     code, err = sketch_cli(
         world, world["root"] / "good.jsonl", tmp_path / "s", "--shard-size", "4", "--batch-size", "4"
     )
