@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,3 +144,20 @@ def top_share(values: Sequence[float], fraction: float = 0.1) -> float:
         return 0.0
     top = max(1, int(np.ceil(fraction * v.size)))
     return float(v[:top].sum() / v.sum())
+
+
+PAYOUT_SCHEMES = ("tiers", "noised", "proportional")
+
+
+def payout_table(values: dict[str, float], counts: dict[str, int], budget: float, scheme: str) -> dict[str, Any]:
+    """What ``tip reveal --budget`` prints: the ``scheme``'s payouts beside flat-rate ones
+    (by example count), and the Gini coefficient of each."""
+    schemes = {"tiers": tiered_payouts, "noised": noised_payouts, "proportional": value_proportional_payouts}
+    if scheme not in schemes:
+        raise ValueError(f"Unknown payout scheme {scheme!r}; one of {sorted(schemes)}.")
+    pay = schemes[scheme](values, budget)
+    flat = flat_rate_payouts(counts, budget)
+    return {
+        "payouts": {scheme: pay, "flat_rate": flat},
+        "gini": {scheme: gini(list(pay.values())), "flat_rate": gini(list(flat.values()))},
+    }

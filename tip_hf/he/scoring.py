@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._version import __version__
 from ..distributed import rank_and_world
 from ..errors import SpecMismatchError, TIPError
 from ..store import SketchStore
@@ -144,6 +145,11 @@ def score_encrypted(
             "public_context.tip), never BuyerKeys."
         )
     query = read_message(query_msg.message if isinstance(query_msg, EncryptedQuery) else query_msg, QUERY_KIND)
+    if query.header.get("layout") != LAYOUT:  # before anything else: an old query needs a version message
+        raise MessageError(
+            f"The query uses layout {str(query.header.get('layout'))[:40]!r}; this seller scores {LAYOUT!r} "
+            "(tip_hf " + __version__ + "). The buyer must make a new query with this tip_hf release (tip query)."
+        )
     public = public_ctx if isinstance(public_ctx, PublicContext) else PublicContext.load(public_ctx)
     store = store if isinstance(store, SketchStore) else SketchStore(store)
     if query.header.get("context_hash") != public.hash:
