@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from .errors import StoreCorruptedError
-from .store import MANIFEST, _atomic_write, check_shard_entry, read_shard_tensors, write_shard
+from .store import MANIFEST
+from .store_files import atomic_write, check_shard_entry, read_shard_tensors, write_shard
 
 __all__ = ["rank_and_world", "barrier", "ShardPlan", "merge_rank_records", "recorded_entries"]
 
@@ -88,7 +89,7 @@ class ShardPlan:
         entry = write_shard(self.path, index, index * self.shard_size, fingerprint, sketches, ids, codes)
         entry["corpora"] = list(table)  # local code -> name; the merge maps them to one table
         self.mine.append(entry)
-        _atomic_write(self.record_path, (json.dumps({"shards": self.mine}, indent=1) + "\n").encode())
+        atomic_write(self.record_path, (json.dumps({"shards": self.mine}, indent=1) + "\n").encode())
         return entry
 
 
@@ -131,7 +132,7 @@ def merge_rank_records(path: Path, manifest: dict[str, Any], total: int | None) 
         merged.append(entry)
     corpora = sorted(codes, key=codes.__getitem__)
     manifest.update(shards=merged, corpora=corpora, num_examples=expected, complete=True)
-    _atomic_write(path / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write(path / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     for record in path.glob(f"{RECORD_PREFIX}*.json"):
         record.unlink()
     return manifest
