@@ -8,11 +8,9 @@ against the store's ids, and a run that wrote nothing leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .distributed import RECORD_PREFIX, ShardPlan, barrier, merge_rank_records, rank_and_world, recorded_entries
-from .errors import DataError, SpecMismatchError, StoreBusyError, TIPError
+from .distributed import ShardPlan, barrier, merge_rank_records, rank_and_world, recorded_entries
+from .errors import DataError, SpecMismatchError, TIPError
 from .examples import (
     DEFAULT_CORPUS,
     IDS_VERSION,
@@ -39,6 +37,7 @@ from .examples import (
 from .sketcher import GradientSketcher, mean_sketch, model_facts, sketch_batch
 from .spec import ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter, read_shard_tensors
+from .store_dir import LOCK, main_process_lock, remove_if_empty, remove_store
 
 __all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset", "text_example_id"]
 
@@ -46,8 +45,6 @@ __all__ = ["dense_example_id", "example_id", "mean_sketch", "sketch_dataset", "t
 __all__ += ["DEFAULT_CORPUS", "IDS_VERSION"]
 
 logger = logging.getLogger(__name__)
-
-LOCK = ".lock"
 
 
 def _tokenizer_digest(tokenizer: Any) -> str | None:
@@ -146,12 +143,12 @@ def sketch_dataset(
     }
     job = _Job(sketcher, examples, dataset, path, header, total, batch_size, shard_size, progress)
     rank, world = rank_and_world()
-    with _main_process_lock(path, rank, world) as created:
+    with main_process_lock(path, rank, world) as created:
         try:
             return job.run(overwrite, rank, world)
         except BaseException:
             if rank == 0:
-                _remove_if_empty(path, created)
+                remove_if_empty(path, created)
             raise
 
 
@@ -179,7 +176,7 @@ class _Job:
         if rank == 0:
             try:
                 if overwrite:
-                    _remove_store(self.path)
+                    remove_store(self.path)
                 writer = self._open_writer()
             except BaseException as e:  # every rank must learn that the main process refused
                 error = e
@@ -329,75 +326,7 @@ class _Job:
                     )
 
 
-@contextlib.contextmanager
-def _main_process_lock(path: Path, rank: int, world: int) -> Iterator[bool]:
-    """An exclusive lock on the store directory, held by the main process for the whole run:
-    a second ``sketch_dataset`` into the same directory is refused rather than mixing shards.
-    Yields whether this run created the directory."""
-    if rank != 0:
-        yield False
-        return
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield created
-        return
-    lock = path / LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise StoreBusyError(
-                f"'{path}' is being written by another process (pid {holder}).",
-                fix="Wait for it to finish (it resumes from the same folder), or write to another output_dir.",
-                cli_fix="Wait for it to finish, or pass another --out.",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield created
-        finally:
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _remove_if_empty(path: Path, created: bool) -> None:
-    """After a failed run: a store that holds no shard is removed, so a rerun starts clean."""
-    manifest = SketchStore(path).manifest if (path / MANIFEST).is_file() else None
-    if manifest is not None and (manifest["shards"] or recorded_entries(path)):
-        return  # whole shards were kept: a rerun resumes from them
-    if manifest is not None and not created and manifest.get("complete"):
-        return
-    with contextlib.suppress(OSError, TIPError):
-        if manifest is not None:
-            (path / MANIFEST).unlink()
-        for child in path.glob(".manifest*"):
-            child.unlink()
-        if created and path.is_dir() and not any(p.name != LOCK for p in path.iterdir()):
-            shutil.rmtree(path)
-
-
 def _default_dir(fingerprint: str, source: dict[str, Any], dataset: Any) -> Path:
     root = Path(os.environ.get("TIP_HF_CACHE", "~/.cache/tip_hf")).expanduser() / "stores"
     data = hashlib.sha256(repr((sorted(source.items()), getattr(dataset, "_fingerprint", None))).encode())
     return root / f"{fingerprint[:16]}-{data.hexdigest()[:16]}"
-
-
-def _remove_store(path: Path) -> None:
-    if not (path / MANIFEST).is_file():
-        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
-            raise TIPError(
-                f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.",
-                cli_fix=f"--overwrite was given but '{path}' is not a sketch store; refusing to delete it.",
-            )
-        return
-    for child in path.iterdir():
-        if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):
-            child.unlink()

@@ -10,17 +10,16 @@ the row, the column and the fix (:class:`DataError`), and nothing is valued sile
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import ColumnError, DataError
+from .ids import IDS_VERSION, dense_example_id, example_id, text_example_id
+from .labels import checked_label, is_int, label_tensor
 from .loss import IGNORE_INDEX
-from .spec import ValuationSpec
+from .spec import ExampleFormat, ValuationSpec
 
 __all__ = [
     "DEFAULT_CORPUS",
@@ -36,48 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_CORPUS = "all"
-IDS_VERSION = "raw/2"  # ids hash the raw example (text or all tokens/features, label), never truncated tokens
-
-
-# -- content ids ------------------------------------------------------------------------------
-def _label_bytes(label: Any, as_float: bool = False) -> bytes:
-    if isinstance(label, list):
-        label = [float(x) for x in label] if as_float else [int(x) for x in label]
-    return b"label" + repr(label).encode()
-
-
-def text_example_id(text: str, label: Any = None) -> bytes:
-    """SHA-256 content hash (32 bytes) of a raw text example: its exact UTF-8 text (before any
-    tokenisation or truncation, so case, accents and text past ``max_length`` count) and its
-    label. What the seller commits to and the buyer checks a delivery with."""
-    h = hashlib.sha256(b"tip_hf-text-example/2")
-    h.update(b"text" + len(text.encode()).to_bytes(8, "little") + text.encode())
-    if label is not None:
-        h.update(_label_bytes(label))
-    return h.digest()
-
-
-def example_id(input_ids: Sequence[int], label: Any = None, token_type_ids: Sequence[int] | None = None) -> bytes:
-    """SHA-256 content hash (32 bytes) of a pre-tokenised example: *all* its token ids (before
-    truncation), its label (class id or label token ids) and token type ids, if any."""
-    h = hashlib.sha256(b"tip_hf-example/1")
-    h.update(b"ids" + torch.tensor(list(input_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
-    if token_type_ids is not None:
-        h.update(b"tt" + torch.tensor(list(token_type_ids), dtype=torch.int64).numpy().astype("<i8").tobytes())
-    if label is not None:
-        h.update(_label_bytes(label))
-    return h.digest()
-
-
-def dense_example_id(features: torch.Tensor, label: Any = None) -> bytes:
-    """SHA-256 content hash of a dense example: its shape, its ``float32`` values, its label."""
-    x = torch.as_tensor(features, dtype=torch.float32).contiguous()
-    h = hashlib.sha256(b"tip_hf-dense-example/1")
-    h.update(b"shape" + repr(tuple(x.shape)).encode())
-    h.update(b"x" + x.numpy().astype("<f4").tobytes())
-    if label is not None:
-        h.update(_label_bytes(label, as_float=True))
-    return h.digest()
 
 
 # -- dataset access ---------------------------------------------------------------------------
@@ -113,45 +70,6 @@ def columns(dataset: Any) -> list[str]:
 
 
 # -- what a row means -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExampleFormat:
-    """Which columns hold what, and how long an example may be.
-
-    Args:
-        text_column: the raw text (ignored for tokenised datasets with ``input_ids``).
-        label_column: labels (classification: default ``label``/``labels``; causal LM: token
-            labels with ``-100``, default: the input ids).
-        corpus_column: a column naming each example's corpus; or ``corpus``: one name for all
-            (not both).
-        max_length: truncate longer examples to this many tokens (>= 1).
-        feature_column: dense inputs (tabular features, pixels), passed to the model as the
-            keyword of that name; classification only.
-    """
-
-    text_column: str = "text"
-    label_column: str | None = None
-    corpus_column: str | None = None
-    corpus: str | None = None
-    max_length: int | None = None
-    feature_column: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_length is not None and (type(self.max_length) is not int or self.max_length < 1):
-            raise DataError(
-                f"max_length must be a positive number of tokens, got {self.max_length!r}.",
-                fix="Pass max_length=N with N >= 1 (or leave it unset to keep whole examples).",
-                cli_fix="Pass --max-length N with N >= 1 (or leave it out to keep whole examples).",
-            )
-        if self.corpus is not None and self.corpus_column is not None:
-            raise DataError(
-                f"Both a corpus name ({self.corpus!r}) and a corpus column (`{self.corpus_column}`) were given.",
-                fix="Pass corpus= to name the whole dataset one corpus, or corpus_column= to read names per row.",
-                cli_fix="Pass --corpus NAME for one corpus, or --corpus-column COLUMN for a name per row, not both.",
-            )
-        if self.corpus is not None and not (isinstance(self.corpus, str) and self.corpus.strip()):
-            raise DataError(f"The corpus name must be a non-empty string, got {self.corpus!r}.")
-
-
 class Examples:
     """Turns rows of a dataset into checked examples with ids, corpus names and batches.
 
@@ -273,36 +191,9 @@ class Examples:
     def _label(self, batch: dict[str, list[Any]], i: int, row: int) -> Any:
         if self.label_column is None:
             return None
-        label = _plain_label(batch[self.label_column][i])
-        if self.spec.task != "sequence_classification":
-            if label is not None and not (isinstance(label, list) and all(_is_int(t) for t in label)):
-                raise DataError(f"Example {row}: causal-LM labels must be a list of token ids (-100 to ignore).")
-            return label
-        column = self.label_column
-        if label is None or isinstance(label, str | bytes | dict):
-            raise DataError(
-                f"Example {row} has label {label!r} in `{column}`: labels must be class ids (floats: regression).",
-                fix="Map label names to ids (e.g. ClassLabel.str2int) and drop unlabelled rows.",
-            )
-        values = label if isinstance(label, list) else [label]
-        if not values or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-            raise DataError(f"Example {row} has label {label!r} in `{column}`: not finite numbers.")
-        n = self.num_labels
-        if n is None:
-            return label
-        if isinstance(label, list):
-            if len(label) != n:
-                raise DataError(f"Example {row} has {len(label)} multi-label targets in `{column}`; the model has {n}.")
-        elif self.multi_label:
-            raise DataError(f"Example {row}: the model is multi-label ({n} outputs) but `{column}` holds one number.")
-        elif n > 1:
-            if not _is_int(label) or not 0 <= int(label) < n:
-                why = "unlabelled rows (-1) cannot be valued" if label == -1 else f"the model has classes 0..{n - 1}"
-                raise DataError(
-                    f"Example {row} has label {label!r} in `{column}`, not a class id of the model: {why}.",
-                    fix="Drop or relabel such rows, or use the model that matches these labels.",
-                )
-        return label
+        return checked_label(
+            batch[self.label_column][i], self.spec.task, self.label_column, row, self.num_labels, self.multi_label
+        )
 
     def ids(self, batch: dict[str, list[Any]], start: int) -> list[bytes]:
         """Content ids of a chunk's rows (every row checked; no tokenisation)."""
@@ -334,7 +225,7 @@ class Examples:
                 ids = list(ids.tolist() if hasattr(ids, "tolist") else ids or [])
                 if not ids:
                     raise DataError(f"Example {row} has no tokens; remove empty rows from the dataset.")
-                if not all(_is_int(t) for t in ids):
+                if not all(is_int(t) for t in ids):
                     raise DataError(f"Example {row}: `input_ids` must be integers.")
                 tt = batch["token_type_ids"][i] if "token_type_ids" in batch else None
                 tt = None if tt is None else list(tt.tolist() if hasattr(tt, "tolist") else tt)
@@ -406,7 +297,7 @@ class Examples:
             shapes = {tuple(r["features"].shape) for r in rows}
             if len(shapes) != 1:
                 raise DataError(f"`{feature_column}` must have one shape across examples, got {sorted(shapes)[:3]}.")
-            return {feature_column: torch.stack([r["features"] for r in rows]), "labels": _label_tensor(rows)}
+            return {feature_column: torch.stack([r["features"] for r in rows]), "labels": label_tensor(rows)}
         length = max(len(r["input_ids"]) for r in rows)
         n = len(rows)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
@@ -426,34 +317,6 @@ class Examples:
                 row = r["label"] if r["label"] is not None else r["input_ids"]
                 labels[i, : len(row)] = torch.tensor(row)
         else:
-            labels = _label_tensor(rows, integral=self.num_labels is not None and self.num_labels > 1)
+            labels = label_tensor(rows, integral=self.num_labels is not None and self.num_labels > 1)
         batch.update(input_ids=input_ids, attention_mask=mask, labels=labels)
         return batch
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-
-
-def _plain_label(label: Any) -> Any:
-    """A label as plain Python (numpy/torch scalars and arrays, tuples -> int/float/list; -0.0 -> 0.0),
-    so ids and batch dtypes do not depend on the dataset's format."""
-    if hasattr(label, "tolist"):
-        label = label.tolist()
-    if isinstance(label, tuple):
-        label = list(label)
-    if isinstance(label, float):
-        return label + 0.0
-    if isinstance(label, list):
-        return [v + 0.0 if isinstance(v, float) else v for v in label]
-    return label
-
-
-def _label_tensor(rows: list[dict[str, Any]], integral: bool = False) -> torch.Tensor:
-    """Class ids as ``long`` (integral floats such as 1.0 too, when the model has classes);
-    float32 when a label is a non-integral float (regression) or a list (multi-label targets)."""
-    values = [r["label"] for r in rows]
-    if integral and all(_is_int(v) for v in values):
-        return torch.tensor([int(v) for v in values], dtype=torch.long)
-    floating = any(isinstance(v, float | list) for v in values)
-    return torch.tensor(values, dtype=torch.float32 if floating else torch.long)

@@ -13,10 +13,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .errors import DataError
 from .projection import PROJECTION_VERSION, KroneckerProjection
 from .targets import Target, resolve_targets, unwrap_model
 
-__all__ = ["ValuationSpec"]
+__all__ = ["ExampleFormat", "ValuationSpec"]
 
 _TASKS = ("causal_lm", "sequence_classification")
 _PRECONDITIONERS = ("identity", "fisher")
@@ -186,3 +187,42 @@ def _peft_json(model: nn.Module) -> str:
         cfg.pop("base_model_name_or_path", None)
         cfg.pop("revision", None)
     return json.dumps(data, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class ExampleFormat:
+    """Which columns hold what, and how long an example may be.
+
+    Args:
+        text_column: the raw text (ignored for tokenised datasets with ``input_ids``).
+        label_column: labels (classification: default ``label``/``labels``; causal LM: token
+            labels with ``-100``, default: the input ids).
+        corpus_column: a column naming each example's corpus; or ``corpus``: one name for all
+            (not both).
+        max_length: truncate longer examples to this many tokens (>= 1).
+        feature_column: dense inputs (tabular features, pixels), passed to the model as the
+            keyword of that name; classification only.
+    """
+
+    text_column: str = "text"
+    label_column: str | None = None
+    corpus_column: str | None = None
+    corpus: str | None = None
+    max_length: int | None = None
+    feature_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and (type(self.max_length) is not int or self.max_length < 1):
+            raise DataError(
+                f"max_length must be a positive number of tokens, got {self.max_length!r}.",
+                fix="Pass max_length=N with N >= 1 (or leave it unset to keep whole examples).",
+                cli_fix="Pass --max-length N with N >= 1 (or leave it out to keep whole examples).",
+            )
+        if self.corpus is not None and self.corpus_column is not None:
+            raise DataError(
+                f"Both a corpus name ({self.corpus!r}) and a corpus column (`{self.corpus_column}`) were given.",
+                fix="Pass corpus= to name the whole dataset one corpus, or corpus_column= to read names per row.",
+                cli_fix="Pass --corpus NAME for one corpus, or --corpus-column COLUMN for a name per row, not both.",
+            )
+        if self.corpus is not None and not (isinstance(self.corpus, str) and self.corpus.strip()):
+            raise DataError(f"The corpus name must be a non-empty string, got {self.corpus!r}.")

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import secrets
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,28 +36,18 @@ from ..errors import SpecMismatchError, TIPError
 from ..store import SketchStore
 from ..values import clip_rows
 from . import binding, dp
+from .commitments import commitment_digest, commitment_root
 from .kernel import QueryKernel
 from .keys import BuyerKeys, PublicContext
 from .messages import Message, MessageError, read_message
 from .params import LAYOUT
+from .per_example import pow2_at_least, score_examples
 from .policy import PolicyError, ReleasePolicy, SellerLedger
 from .query import QUERY_KIND, EncryptedQuery, spec_binding
 
-__all__ = ["RESULT_KIND", "ScoredResult", "score_encrypted", "commitment_digest"]
+__all__ = ["RESULT_KIND", "ScoredResult", "score_encrypted", "commitment_digest"]  # commitment_digest: re-exported
 
 RESULT_KIND = "tip_hf.scores"
-COMMIT_TAG = b"tip_hf-commitment/2"
-
-
-def commitment_digest(salt: bytes, ids: Iterable[bytes]) -> str:
-    """Salted SHA-256 over a *set* of example ids (sorted, with multiplicity and count), so
-    row order does not matter and a dictionary search without the salt learns nothing."""
-    ordered = sorted(bytes(i) for i in ids)
-    h = hashlib.sha256(COMMIT_TAG + len(salt).to_bytes(2, "little") + salt)
-    h.update(len(ordered).to_bytes(8, "little"))
-    for example_id in ordered:
-        h.update(example_id)
-    return h.hexdigest()
 
 
 @dataclass
@@ -190,7 +177,7 @@ def score_encrypted(
     rank, world = rank_and_world()
     opened_ids: dict[str, list[str]] = {}
     if release == "example":
-        blobs, opening = _score_examples(kernel, store, policy, header, progress, workers, (query, public))
+        blobs, opening = score_examples(kernel, store, policy, header, progress, workers, (query, public))
     elif rank == 0:  # one plaintext pass and k/2 products per block of corpora: the main process
         blobs, opening, opened_ids = _score_corpora(kernel, store, policy, header, progress)
     else:
@@ -260,10 +247,6 @@ def _check_sketch_length(store: SketchStore, policy: ReleasePolicy) -> None:
         )
 
 
-def _pow2_at_least(x: float) -> int:
-    return int(np.ceil(np.log2(x))) if x > 0 else 0
-
-
 def _score_corpora(
     kernel: QueryKernel, store: SketchStore, policy: ReleasePolicy, header: dict[str, Any], progress: bool
 ) -> tuple[list[bytes], dict[str, str], dict[str, list[str]]]:
@@ -289,7 +272,7 @@ def _score_corpora(
     if version is not None and path is not None:
         totals = dp.noised_sums(store, policy, version, path, totals, [names[c] for c in np.flatnonzero(released)])
     sums = totals.numpy()
-    exponent = _pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))
+    exponent = pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))
     order = [c for c in range(len(names)) if released[c]]
     blobs, corpora, opening, opened_ids = [], [], {}, {}
     slots = kernel.params.slots
@@ -317,118 +300,6 @@ def _score_corpora(
         exponent=exponent,
         clip_norm=clip,
         dp=None if version is None else version.public(),
-        commitment=_root(corpora),
+        commitment=commitment_root(corpora),
     )
     return blobs, opening, opened_ids
-
-
-def _root(corpora: list[dict[str, Any]]) -> dict[str, Any]:
-    h = hashlib.sha256(COMMIT_TAG)
-    released = [c for c in corpora if c["released"]]
-    for c in released:
-        h.update(f"{c['name']}\0{c['count']}\0{c['commitment']}\0".encode())
-    return {"root": h.hexdigest(), "corpora": len(released)}
-
-
-def _blocks(store: SketchStore, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Stream blocks of ``<= size`` examples across shards: (sketches ``[n, k]``, ids
-    ``[n, 32]`` uint8, corpus codes ``[n]``)."""
-    held: list[tuple[torch.Tensor, ...]] = []
-    count = 0
-    for shard in store.shards():
-        held.append((shard.sketches, shard.ids, shard.corpus))
-        count += len(shard.sketches)
-        while count >= size:
-            joined = [torch.cat(parts) for parts in zip(*held, strict=True)]
-            yield tuple(part[:size] for part in joined)  # type: ignore[misc]
-            held, count = [tuple(part[size:] for part in joined)], count - size
-    if count:
-        yield tuple(torch.cat(parts) for parts in zip(*held, strict=True))  # type: ignore[misc]
-
-
-def _score_examples(
-    kernel: QueryKernel,
-    store: SketchStore,
-    policy: ReleasePolicy,
-    header: dict[str, Any],
-    progress: bool,
-    workers: int,
-    material: tuple[Message, PublicContext],
-) -> tuple[list[bytes], dict[str, str]]:
-    salt = secrets.token_bytes(32)
-    all_ids: list[bytes] = []
-    blocks: list[dict[str, Any]] = []
-    names = store.corpora
-    bar = tqdm(total=len(store), unit="ex", desc="scoring", disable=not progress)
-
-    def jobs() -> Iterator[tuple[np.ndarray, int]]:
-        for sketches, ids, codes in _blocks(store, kernel.params.slots):
-            rows = clip_rows(sketches.double(), policy.clip_norm).numpy()
-            exponent = _pow2_at_least(float(np.linalg.norm(rows, axis=1).max(initial=0.0)))
-            all_ids.extend(row.tobytes() for row in ids.numpy())
-            blocks.append({"count": len(ids), "exponent": exponent, "corpus": [names[c] for c in codes.tolist()]})
-            yield rows / 2.0**exponent, len(ids)
-
-    blobs: list[bytes] = []
-    rank, world = rank_and_world()
-    if world > 1:  # under accelerate launch / torchrun: block b is encrypted by rank b mod world
-        mine = []
-        for index, (rows, count) in enumerate(jobs()):
-            if index % world == rank:
-                mine.append((index, kernel.release(rows)))
-            bar.update(count)
-        gathered: list[list[tuple[int, bytes]] | None] = [None] * world
-        torch.distributed.all_gather_object(gathered, mine)
-        blobs = [blob for _, blob in sorted(pair for part in gathered for pair in (part or []))]
-    elif workers <= 1:
-        for rows, count in jobs():
-            blobs.append(kernel.release(rows))
-            bar.update(count)
-    else:
-        query, public = material
-        init = (query.to_bytes(), public.to_message().to_bytes(), policy.flood_bits)
-        with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_worker_init, initargs=init) as pool:
-            pending: deque = deque()
-            for rows, count in jobs():
-                pending.append((pool.submit(_worker_block, rows), count))
-                while len(pending) > 2 * workers:  # bounded: memory stays flat as N grows
-                    future, done = pending.popleft()
-                    blobs.append(future.result())
-                    bar.update(done)
-            for future, done in pending:
-                blobs.append(future.result())
-                bar.update(done)
-    bar.close()
-    header.update(
-        blocks=blocks,
-        clip_norm=policy.clip_norm,
-        dp=None,
-        commitment={"examples": len(store), "ordered": True, "root": _ordered_digest(salt, all_ids)},
-    )
-    return blobs, {"*": salt.hex()}
-
-
-def _ordered_digest(salt: bytes, ids: list[bytes]) -> str:
-    h = hashlib.sha256(COMMIT_TAG + b"ordered" + salt)
-    h.update(len(ids).to_bytes(8, "little"))
-    for example_id in ids:
-        h.update(example_id)
-    return h.hexdigest()
-
-
-_WORKER: QueryKernel | None = None
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def _worker_init(query: bytes, public: bytes, flood_bits: int) -> None:
-    global _WORKER
-    _WORKER = QueryKernel(Message.from_bytes(query, QUERY_KIND), PublicContext.load(public), flood_bits)
-
-
-def _worker_block(rows: np.ndarray) -> bytes:
-    assert _WORKER is not None
-    return _WORKER.release(rows)
