@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import SpecMismatchError, TIPError
+from .errors import BundleError, SpecMismatchError
 from .spec import ValuationSpec
 
 __all__ = ["Bundle", "BundleError", "write_bundle", "load_bundle"]
@@ -53,10 +53,6 @@ def write_bundle(path: str | os.PathLike[str], bundle: Bundle) -> Path:
     )
     (out / "summary.json").write_text(json.dumps(bundle.summary, indent=2, sort_keys=True) + "\n")
     return out
-
-
-class BundleError(TIPError, OSError):
-    """A bundle folder is incomplete, damaged, or not a tip_hf bundle."""
 
 
 def _damaged(file: Path, problem: str) -> BundleError:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import TIPError
+from .errors import DataSourceError
 from .examples import ExampleFormat, Examples, chunks, columns
 from .spec import ValuationSpec
 
@@ -27,10 +27,6 @@ __all__ = ["DataSourceError", "TXT_CORPUS_COLUMN", "load_corpus", "example_ids_b
 
 TXT_CORPUS_COLUMN = "corpus"
 _FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-
-
-class DataSourceError(TIPError, FileNotFoundError):
-    """The dataset could not be found or loaded (bad path, Hub unreachable, empty)."""
 
 
 def load_corpus(

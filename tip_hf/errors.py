@@ -1,4 +1,5 @@
-"""Exceptions users can catch. Each message names the problem and the fix.
+"""Every exception tip_hf raises on purpose (all :class:`TIPError`). Each message names the
+problem and the fix; the modules that raise them re-export their own.
 
 A :class:`TIPError` carries its fix as data: ``fix`` in the Python API's words and, where a
 command line user does something else, ``cli_fix`` in the ``tip`` command's words (``tip``
@@ -16,6 +17,14 @@ __all__ = [
     "NonFiniteGradientError",
     "StoreCorruptedError",
     "StoreBusyError",
+    "DataSourceError",
+    "ParamsError",
+    "MessageError",
+    "VerificationError",
+    "PolicyError",
+    "SealLoadError",
+    "KeyFileError",
+    "BundleError",
 ]
 
 
@@ -76,3 +85,35 @@ class StoreCorruptedError(TIPError, OSError):
 
 class StoreBusyError(TIPError, OSError):
     """Another process is writing the same sketch store."""
+
+
+class DataSourceError(TIPError, FileNotFoundError):
+    """The dataset could not be found or loaded (bad path, Hub unreachable, empty)."""
+
+
+class ParamsError(TIPError, ValueError):
+    """CKKS parameters that are malformed, below 128-bit security, or of another release."""
+
+
+class MessageError(TIPError, ValueError):
+    """A message is not a tip_hf message, is truncated, corrupted, or of the wrong kind."""
+
+
+class VerificationError(TIPError, ValueError):
+    """A delivery cannot be checked as asked (unknown corpus, no opening, wrong result kind)."""
+
+
+class PolicyError(TIPError, PermissionError):
+    """The seller's release policy forbids what was asked (per-example release, budget)."""
+
+
+class SealLoadError(TIPError, ValueError):
+    """Bytes that SEAL cannot load as the expected object under the given context."""
+
+
+class KeyFileError(TIPError, OSError):
+    """A buyer key file is missing, damaged, a symlink, or not private."""
+
+
+class BundleError(TIPError, OSError):
+    """A bundle folder is incomplete, damaged, or not a tip_hf bundle."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tenseal.sealapi as seal
 
-from ..errors import TIPError
+from ..errors import KeyFileError
 from . import seal as S
 from .binding import SEED_BYTES
 from .messages import Message, MessageError, read_message
@@ -230,10 +230,6 @@ def _is_hex(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class KeyFileError(TIPError, OSError):
-    """A buyer key file is missing, damaged, a symlink, or not private."""
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

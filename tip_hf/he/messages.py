@@ -25,7 +25,7 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TIPError
+from ..errors import MessageError
 from ..json_depth import MAX_JSON_DEPTH, too_deep
 
 __all__ = ["MessageError", "Message", "header_field", "read_message"]
@@ -34,10 +34,6 @@ MAGIC = b"TIPHF\0"
 VERSION = 1
 MAX_HEADER_DEPTH = MAX_JSON_DEPTH
 _TOO_DEEP = object()
-
-
-class MessageError(TIPError, ValueError):
-    """A message is not a tip_hf message, is truncated, corrupted, or of the wrong kind."""
 
 
 @dataclass

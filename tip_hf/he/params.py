@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TIPError
+from ..errors import ParamsError
 
 __all__ = ["KEY_LAYOUTS", "LAYOUT", "MAX_LOG_Q_128", "PRESETS", "CKKSParams", "ParamsError", "get_preset"]
 
@@ -32,10 +32,6 @@ LAYOUT = "complex-pairs/3"
 # Keys (parameters, public key, conjugation key) of these layouts are the same as this one's:
 # a buyer keeps its keys across them; only its queries must be new (QueryKernel checks LAYOUT).
 KEY_LAYOUTS = (LAYOUT, "complex-pairs/2")
-
-
-class ParamsError(TIPError, ValueError):
-    """CKKS parameters that are malformed, below 128-bit security, or of another release."""
 
 
 @dataclass(frozen=True)

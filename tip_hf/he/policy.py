@@ -27,17 +27,13 @@ from typing import Any
 
 import dp_accounting
 
-from ..errors import TIPError
+from ..errors import PolicyError
 
 __all__ = ["DEFAULT_EPSILON", "DEFAULT_DELTA", "PolicyError", "ReleasePolicy", "SellerLedger", "gaussian_epsilon"]
 
 DEFAULT_EPSILON = 2.0  # chosen from scripts/bench_privacy.py (README, docs/threat-model.md)
 DEFAULT_DELTA = 1e-6
 DEFAULT_FLOOD_BITS = 40  # statistical security of the noise flooding, OpenFHE's range is 30-40
-
-
-class PolicyError(TIPError, PermissionError):
-    """The seller's release policy forbids what was asked (per-example release, budget)."""
 
 
 @dataclass(frozen=True)

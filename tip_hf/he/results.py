@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as seal
 
-from ..errors import TIPError
+from ..errors import VerificationError
 from ..values import CorpusRows
 from . import binding
 from . import seal as S
@@ -38,10 +38,6 @@ __all__ = [
 ]
 
 NOISE_Z = 6.0  # a recomputed value may differ from the decrypted one by this many noise stds
-
-
-class VerificationError(TIPError, ValueError):
-    """A delivery cannot be checked as asked (unknown corpus, no opening, wrong result kind)."""
 
 
 @dataclass

@@ -13,16 +13,12 @@ from typing import Any
 
 import tenseal.sealapi as seal
 
-from ..errors import TIPError
+from ..errors import SealLoadError
 from .params import CKKSParams
 
 __all__ = ["SealLoadError", "make_context", "to_bytes", "load", "parms_bytes"]
 
 _MAX_BYTES = 1 << 31
-
-
-class SealLoadError(TIPError, ValueError):
-    """Bytes that SEAL cannot load as the expected object under the given context."""
 
 
 def make_parms(params: CKKSParams) -> seal.EncryptionParameters:
