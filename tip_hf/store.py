@@ -95,11 +95,6 @@ class SketchStore:
         self.check(spec=spec, fingerprint=fingerprint, model=model)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], **checks: Any) -> SketchStore:
-        """Same as ``SketchStore(path, spec=..., fingerprint=..., model=...)``."""
-        return cls(path, **checks)
-
-    @classmethod
     def from_arrays(
         cls,
         path: str | os.PathLike[str],

@@ -125,11 +125,6 @@ class BuyerKeys:
     def context_hash(self) -> str:
         return self.public.hash
 
-    @property
-    def public_context(self) -> PublicContext:
-        """What the seller gets (same as :attr:`public`)."""
-        return self.public
-
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``secret.key`` (0600), ``public_context.tip`` (send this) and ``queries.json``.
 
