@@ -53,3 +53,22 @@ def test_old_query_is_refused_with_a_version_message(tmp_path):
     with pytest.raises(MessageError, match=r"layout 'complex-pairs/2'.*new query with this tip_hf release") as err:
         score_encrypted(OLD / "query.tip", OLD / "store", keys.public, progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_bundles_carry_a_format_and_a_foreign_one_is_refused(tmp_path):
+    import json
+
+    from tip_hf.bundle import BUNDLE_FORMAT, BundleError
+
+    shutil.copytree(OLD / "bundle", tmp_path / "b")
+    head = json.loads((tmp_path / "b" / "spec.json").read_text())
+    assert "format" not in head  # release 0.1: no tag, read as tip_hf.bundle/1 (test_old_bundle_loads)
+    bundle = load_bundle(tmp_path / "b")
+    from tip_hf.bundle import write_bundle
+
+    write_bundle(tmp_path / "new", bundle)
+    assert json.loads((tmp_path / "new" / "spec.json").read_text())["format"] == BUNDLE_FORMAT
+    head.update(format="tip_hf.bundle/9", tip_hf_version="9.0")
+    (tmp_path / "b" / "spec.json").write_text(json.dumps(head))
+    with pytest.raises(BundleError, match=r"format 'tip_hf.bundle/9' \(written by tip_hf 9.0\).*Install the tip_hf"):
+        load_bundle(tmp_path / "b")

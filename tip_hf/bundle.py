@@ -18,10 +18,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ._version import __version__
 from .errors import BundleError, SpecMismatchError
 from .spec import ValuationSpec
 
-__all__ = ["Bundle", "BundleError", "write_bundle", "load_bundle"]
+__all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "write_bundle", "load_bundle"]
+
+BUNDLE_FORMAT = "tip_hf.bundle/1"
 
 
 @dataclass
@@ -38,7 +41,17 @@ def write_bundle(path: str | os.PathLike[str], bundle: Bundle) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(
-        json.dumps({"spec": bundle.spec.to_dict(), "fingerprint": bundle.fingerprint}, indent=2, sort_keys=True) + "\n"
+        json.dumps(
+            {
+                "format": BUNDLE_FORMAT,
+                "tip_hf_version": __version__,
+                "spec": bundle.spec.to_dict(),
+                "fingerprint": bundle.fingerprint,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
     )
     if bundle.curvature is not None:
         save_file(
@@ -98,6 +111,15 @@ def load_bundle(path: str | os.PathLike[str], *, fingerprint: str | None = None)
         )
     try:
         head = json.loads(spec_file.read_bytes().decode("utf-8"))
+        if not isinstance(head, dict):
+            raise TypeError(f"a JSON {type(head).__name__}, not an object")
+        found = head.get("format", BUNDLE_FORMAT)  # release 0.1 wrote no format tag: the same layout
+        if found != BUNDLE_FORMAT:
+            raise BundleError(
+                f"The bundle at '{root}' has format {str(found)[:40]!r} (written by tip_hf "
+                f"{str(head.get('tip_hf_version'))[:20]}); this tip_hf {__version__} reads {BUNDLE_FORMAT!r}.",
+                fix="Install the tip_hf release that wrote it, or train again to write a new bundle.",
+            )
         spec = ValuationSpec.from_dict(head["spec"])
         bundle_fingerprint = head["fingerprint"]
         if not isinstance(bundle_fingerprint, str):

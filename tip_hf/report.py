@@ -14,6 +14,8 @@ from typing import Any
 
 __all__ = ["write_demo_report", "render_report", "markdown_table"]
 
+VALUES_FORMAT = "tip_hf.values/1"  # what `tip reveal` writes
+
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if columns is None:
@@ -220,6 +222,11 @@ def render_report(inputs: list[Path], out: Path) -> list[Path]:
                 sections += [markdown_table(data["rows"]), ""]
                 rows = data["rows"]
             elif "rows" in data:  # values.json from `tip reveal`
+                if data.get("format", VALUES_FORMAT) != VALUES_FORMAT:
+                    raise ValueError(
+                        f"'{path}' has format {str(data.get('format'))[:40]!r}; this tip_hf reads {VALUES_FORMAT!r} "
+                        "(run `tip reveal` again with this release)."
+                    )
                 rows = [r for r in data["rows"] if r.get("released", True)]
                 sections += [f"## Revealed values `{path.name}`", "", markdown_table(data["rows"]), ""]
             else:

@@ -94,6 +94,7 @@ def reveal(
 
     from ..he import BuyerKeys, decrypt_scores
     from ..pricing import payout_table
+    from ..report import VALUES_FORMAT
 
     need(scores, "scores file", "the seller's `tip score` writes it")
     if budget is not None and not (math.isfinite(budget) and budget > 0):
@@ -104,7 +105,12 @@ def reveal(
             "--budget splits a budget over corpora, but these scores are per example; leave out --budget (or "
             "ask the seller for --release corpus)."
         )
-    payload: dict[str, Any] = {"release": table.release, "commitment": table.commitment, "dp": table.dp}
+    payload: dict[str, Any] = {
+        "format": VALUES_FORMAT,
+        "release": table.release,
+        "commitment": table.commitment,
+        "dp": table.dp,
+    }
     if table.release == "example":
         assert table.values is not None
         payload["values"] = table.values.tolist()
