@@ -36,8 +36,8 @@ from .errors import NonFiniteGradientError, TIPError
 from .examples import ExampleFormat, Examples, chunks, columns
 from .loss import IGNORE_INDEX
 from .sketcher import mean_sketch, model_facts
-from .spec import ValuationSpec
-from .targets import resolve_targets, unwrap_model
+from .spec import BoundSpec, ValuationSpec
+from .targets import unwrap_model
 
 __all__ = ["TIPCallback"]
 
@@ -91,6 +91,7 @@ class TIPCallback(TrainerCallback):
         self._capture: GradientCapture | None = None
         self._handles: list[Any] = []
         self._model: nn.Module | None = None
+        self._bound: BoundSpec | None = None
         self._active = False
         self._pending: dict[str, Any] | None = None
 
@@ -118,8 +119,8 @@ class TIPCallback(TrainerCallback):
         model = unwrap_model(model)
         self._validate(model)
         self._model = model
-        targets = resolve_targets(model, self.spec.targets)
-        projection = self.spec.projection([t for t, _ in targets])
+        self._bound = self.spec.bind(model)
+        targets, projection = self._bound.targets, self._bound.projection
         self._capture = GradientCapture(projection, targets, mode="hook").__enter__()
         self._capture.pause()
         self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
@@ -280,17 +281,18 @@ class TIPCallback(TrainerCallback):
         if model is None:
             raise TIPError("TIPCallback was not attached to a training run.")
         curvature = self.curvature.matrix if self.curvature.count else None
-        fingerprint = self.spec.fingerprint(model)
         if self.eval_dataset is None:
             logger.warning(
                 "TIPCallback has no eval_dataset: no query and no bundle are written; the curvature "
                 "is in callback.curvature."
             )
             return None
+        bound = self._bound if self._bound is not None and self._bound.model is model else self.spec.bind(model)
+        fingerprint = bound.fingerprint()  # the trained weights, hashed once
         total, count, eval_loss = mean_sketch(
             model,
             self.eval_dataset,
-            self.spec,
+            bound,
             tokenizer=self.tokenizer,
             batch_size=self.eval_batch_size,
             max_length=self.max_length,

@@ -35,7 +35,7 @@ from .examples import (
     text_example_id,
 )
 from .sketcher import GradientSketcher, mean_sketch, model_facts, sketch_batch
-from .spec import ValuationSpec
+from .spec import BoundSpec, ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter, read_shard_tensors
 from .store_dir import LOCK, main_process_lock, remove_if_empty, remove_store
 
@@ -62,7 +62,7 @@ def _tokenizer_digest(tokenizer: Any) -> str | None:
 def sketch_dataset(
     model: nn.Module,
     dataset: Any,
-    spec: ValuationSpec,
+    spec: ValuationSpec | BoundSpec,
     output_dir: str | os.PathLike[str] | None = None,
     *,
     tokenizer: Any = None,
@@ -117,11 +117,12 @@ def sketch_dataset(
             )
     fmt = ExampleFormat(text_column, label_column, corpus_column, corpus, max_length, feature_column)
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    spec = sketcher.spec  # a BoundSpec's spec
     examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
     total = len(dataset) if is_map_style(dataset) else None
     if total == 0:
         raise DataError("The dataset is empty: there is nothing to value.")
-    expected, fingerprint = fingerprint, spec.fingerprint(sketcher.model)
+    expected, fingerprint = fingerprint, sketcher.bound.fingerprint()
     if expected is not None and fingerprint != expected:
         raise SpecMismatchError(
             "The spec/model fingerprint of the model to sketch with",

@@ -16,8 +16,8 @@ from .capture import GradientCapture
 from .errors import DataError, NonFiniteGradientError
 from .examples import ExampleFormat, Examples, chunks, columns
 from .loss import IGNORE_INDEX, per_example_loss
-from .spec import ValuationSpec
-from .targets import resolve_targets, unwrap_model
+from .spec import BoundSpec, ValuationSpec
+from .targets import unwrap_model
 
 __all__ = ["GradientSketcher", "mean_sketch", "model_facts", "sketch_batch"]
 
@@ -40,12 +40,15 @@ class GradientSketcher:
             (``torch.bfloat16`` recommended; hook arithmetic always stays in ``float32``).
     """
 
-    def __init__(self, model: nn.Module, spec: ValuationSpec, *, autocast_dtype: torch.dtype | None = None) -> None:
-        self.model = unwrap_model(model)
-        self.spec = spec
+    def __init__(
+        self, model: nn.Module, spec: ValuationSpec | BoundSpec, *, autocast_dtype: torch.dtype | None = None
+    ) -> None:
+        bound = spec if isinstance(spec, BoundSpec) else spec.bind(model)
+        if bound.model is not unwrap_model(model):
+            raise ValueError("The BoundSpec was bound to another model; bind the spec to this one.")
+        self.bound, self.model, self.spec = bound, bound.model, bound.spec
         self.autocast_dtype = autocast_dtype
-        self.targets = resolve_targets(self.model, spec.targets)
-        self.projection = spec.projection([t for t, _ in self.targets])
+        self.targets, self.projection = bound.targets, bound.projection
         self._accepts_position_ids = _accepts(self.model, "position_ids")
         self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)
@@ -296,7 +299,7 @@ def sketch_batch(sketcher: GradientSketcher, examples: Examples, rows: list[dict
 def mean_sketch(
     model: nn.Module,
     dataset: Any,
-    spec: ValuationSpec,
+    spec: ValuationSpec | BoundSpec,
     *,
     tokenizer: Any = None,
     text_column: str = "text",
@@ -312,6 +315,7 @@ def mean_sketch(
     as :func:`sketch_dataset`; the loss is each example's own mean loss, averaged)."""
     fmt = ExampleFormat(text_column, label_column, max_length=max_length, feature_column=feature_column)
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
+    spec = sketcher.spec
     examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
     total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
     size = len(dataset) if hasattr(dataset, "__len__") else None

@@ -17,7 +17,7 @@ from .errors import DataError
 from .projection import PROJECTION_VERSION, KroneckerProjection
 from .targets import Target, resolve_targets, unwrap_model
 
-__all__ = ["ExampleFormat", "ValuationSpec"]
+__all__ = ["BoundSpec", "ExampleFormat", "ValuationSpec"]
 
 _TASKS = ("causal_lm", "sequence_classification")
 _PRECONDITIONERS = ("identity", "fisher")
@@ -123,13 +123,22 @@ class ValuationSpec:
         return cls.from_json(Path(path).read_text())
 
     # -- binding to a model --------------------------------------------------------------
+    def bind(self, model: nn.Module) -> BoundSpec:
+        """This spec on ``model``: targets resolved and the projection built, once, for every
+        step that needs them (sketcher, callback, fingerprint)."""
+        model = unwrap_model(model)
+        targets = resolve_targets(model, self.targets)
+        projection = KroneckerProjection(
+            [t for t, _ in targets], self.proj_dim, self.seed, self.proj_factor, self.proj_blocks
+        )
+        return BoundSpec(self, model, targets, projection)
+
     def projection(self, model_or_targets: nn.Module | Sequence[Target]) -> KroneckerProjection:
         """The seeded projection this spec defines on a model's target modules (or on
-        already resolved targets, to skip resolving them again)."""
+        already resolved targets)."""
         if isinstance(model_or_targets, nn.Module):
-            targets = [t for t, _ in resolve_targets(model_or_targets, self.targets)]
-        else:
-            targets = list(model_or_targets)
+            return self.bind(model_or_targets).projection
+        targets = list(model_or_targets)
         return KroneckerProjection(targets, self.proj_dim, self.seed, self.proj_factor, self.proj_blocks)
 
     def sketch_settings(self) -> dict[str, Any]:
@@ -139,24 +148,38 @@ class ValuationSpec:
 
     def fingerprint(self, model: nn.Module) -> str:
         """SHA-256 over the sketch settings, the resolved target layout, the model config and
-        every parameter's bytes (names, dtypes, shapes, values).
+        every parameter's bytes (names, dtypes, shapes, values): :meth:`BoundSpec.fingerprint`.
 
         Two parties with equal fingerprints compute identical sketches (up to floating-point
         summation order). Hashes ~1 GB/s of weights; the weights are copied to the CPU.
         """
-        model = unwrap_model(model)
+        return self.bind(model).fingerprint()
+
+
+@dataclass(frozen=True)
+class BoundSpec:
+    """A :class:`ValuationSpec` bound to a model (:meth:`ValuationSpec.bind`): its targets
+    resolved and its projection built once. :meth:`fingerprint` hashes the weights as they
+    are when it is called (a training run calls it at the end)."""
+
+    spec: ValuationSpec
+    model: nn.Module
+    targets: list[tuple[Target, nn.Module]]
+    projection: KroneckerProjection
+
+    def fingerprint(self) -> str:
         h = hashlib.sha256()
 
         def put(label: str, payload: bytes) -> None:
             h.update(label.encode() + b"\0" + len(payload).to_bytes(8, "little") + payload)
 
         put("tip_hf-fingerprint", b"1")
-        put("spec", json.dumps(self.sketch_settings(), sort_keys=True).encode())
-        layout = [(t.name, t.kind, t.d_in, t.d_out) for t, _ in resolve_targets(model, self.targets)]
+        put("spec", json.dumps(self.spec.sketch_settings(), sort_keys=True).encode())
+        layout = [(t.name, t.kind, t.d_in, t.d_out) for t, _ in self.targets]
         put("targets", json.dumps(layout).encode())
-        put("config", _config_json(model).encode())
-        put("peft", _peft_json(model).encode())
-        for name, param in model.named_parameters():
+        put("config", _config_json(self.model).encode())
+        put("peft", _peft_json(self.model).encode())
+        for name, param in self.model.named_parameters():
             tensor = param.detach().to("cpu").contiguous()
             put(f"param:{name}:{tensor.dtype}:{tuple(tensor.shape)}", _tensor_bytes(tensor))
         return h.hexdigest()
