@@ -19,13 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from assets import Snippet, minilm_path
 from datasets import Dataset, concatenate_datasets
 from market import corpus_bars, fidelity_plot, parser, score_privately, seed_everything, write_json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
-from tip_hf.assets import Snippet, minilm_path, sentiment_snippets
-from tip_hf.demo import _trainer, demo_corpora
+from tip_hf.demo import demo_corpora
+from tip_hf.demo.corpora import as_dataset, buyer_split
+from tip_hf.demo.training import build_trainer
 
 NAME = "bert_fidelity"
 PAPER = {"model": "BERT-base on SST-2", "encrypted_vs_plaintext_pearson": 0.97, "fhe_seconds_per_sample": 0.15}
@@ -46,11 +48,7 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
 
     seed_everything(seed)
     n_train, n_eval, per_corpus = (64, 32, 12) if quick else (256, 128, 64)
-    movies = sentiment_snippets("movies")
-    order = list(range(len(movies)))
-    random.Random(seed).shuffle(order)
-    train_rows = [movies[i] for i in order[:n_train]]
-    eval_rows = [movies[i] for i in order[n_train : n_train + n_eval]]
+    train_rows, eval_rows = buyer_split(n_train, n_eval, seed)
     corpora = demo_corpora(per_corpus, seed, {r.text for r in train_rows + eval_rows})
     corpora.pop("movie-duplicates")
     corpora["movie-reviews-shuffled-words"] = shuffled_words(corpora["movie-reviews"], seed)
@@ -72,16 +70,15 @@ def run(quick: bool, out: Path, seed: int = 0) -> dict:
     )
 
     def tokenised(rows: list[Snippet], corpus: str | None = None) -> Dataset:
-        data = {"text": [r.text for r in rows], "label": [r.label for r in rows]}
-        if corpus:
-            data["corpus"] = [corpus] * len(rows)
-        return Dataset.from_dict(data).map(
+        return as_dataset(rows, corpus).map(
             lambda b: tokenizer(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"]
         )
 
     work = Path(tempfile.mkdtemp(prefix="tip-bert-"))
     callback = TIPCallback(spec, eval_dataset=tokenised(eval_rows), output_dir=work / "bundle", tokenizer=tokenizer)
-    _trainer(model, tokenizer, tokenised(train_rows), work / "trainer", 2, 5e-4, seed, callbacks=[callback]).train()
+    build_trainer(
+        model, tokenizer, tokenised(train_rows), work / "trainer", 2, 5e-4, seed, callbacks=[callback]
+    ).train()
     bundle = load_bundle(work / "bundle")
     seconds["buyer_lora_fine_tuning_and_bundle"] = time.perf_counter() - clock
 

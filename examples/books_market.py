@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from assets import smollm2_135m
 from gpt2_fidelity import (
     BUYER_EVAL,
     BUYER_TRAIN,
@@ -39,7 +40,6 @@ from market import parser, pyplot, save_figure, score_privately, seed_everything
 from scipy.stats import skew
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle
-from tip_hf.assets import smollm2_135m
 from tip_hf.pricing import flat_rate_payouts, gini, top_share, value_proportional_payouts
 
 NAME = "books_market"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from assets import mnist_digits
 from datasets import Dataset
 from market import (
     MLPClassifier,
@@ -36,7 +37,6 @@ from market import (
 from transformers import Trainer
 
 from tip_hf import TIPCallback, ValuationSpec, load_bundle, sketch_dataset
-from tip_hf.assets import mnist_digits
 
 NAME = "digits_market"
 PAPER = {"ranking": "seller 3 first", "encrypted_vs_plaintext_pearson": 1.0}

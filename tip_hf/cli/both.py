@@ -47,6 +47,9 @@ def demo(
     no_dp: Annotated[bool, typer.Option("--no-dp", help="The seller releases without DP.")] = False,
 ) -> None:
     """The whole marketplace on real offline data: fine-tune, value 8 corpora under CKKS, check by retraining."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub, which reads it once
     from ..demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out_dir=str(out), quick=quick, seed=seed, epsilon=None if no_dp else epsilon))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,8 +22,7 @@ from .common import (
     TextArg,
     TokenizerArg,
     app,
-    corpus_column_of,
-    data_format,
+    formatted_data,
     friendly,
     load_model,
     need,
@@ -160,7 +160,7 @@ def verify(
     import tempfile
 
     from ..bundle import load_bundle
-    from ..data import example_ids_by_corpus, load_corpus
+    from ..data import example_ids_by_corpus
     from ..dataset import sketch_dataset
     from ..he import BuyerKeys, decrypt_scores, delivery_diff, verify_commitment, verify_values
     from ..values import plaintext_values
@@ -173,14 +173,13 @@ def verify(
         opened = json.loads(opening.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"'{opening}' is not an opening file ({err}).") from None
-    data = load_corpus(dataset, config=config, split=split)
-    corpus_column = corpus_column_of(data, corpus_column, corpus)
     released = [str(r["corpus"]) for r in table.rows if r["released"]]
-    if corpus is None and corpus_column is None and len(released) == 1:
-        corpus = released[0]  # one delivered corpus, one released: it is that one
-    fmt = data_format(
-        data,
+    data, fmt = formatted_data(
+        dataset,
         b.spec,
+        config=config,
+        split=split,
+        only_corpus=released[0] if len(released) == 1 else None,  # one released corpus: the delivery is it
         text_column=text_column,
         label_column=label_column,
         corpus_column=corpus_column,
@@ -188,8 +187,7 @@ def verify(
         max_length=max_length,
         feature_column=feature_column,
     )
-    columns = {k: getattr(fmt, k) for k in ("text_column", "label_column", "corpus_column", "corpus", "max_length")}
-    columns["feature_column"] = fmt.feature_column
+    columns = asdict(fmt)
     net, tok = load_model(model, b.spec.task, tokenizer, needs_tokenizer=feature_column is None)
     ids = example_ids_by_corpus(data, b.spec, tokenizer=tok, **columns)
     committed = verify_commitment(scores, ids, opened)

@@ -223,3 +223,22 @@ def load_data(dataset: str, **kwargs: Any) -> Any:
     from ..data import load_corpus
 
     return load_corpus(dataset, **kwargs)
+
+
+def formatted_data(
+    dataset: str,
+    spec: Any,
+    *,
+    config: str | None,
+    split: str | None,
+    streaming: bool = False,
+    only_corpus: str | None = None,
+    **columns: Any,
+) -> tuple[Any, Any]:
+    """The dataset and its :class:`ExampleFormat`, checked before any model is loaded.
+    ``only_corpus``: the corpus name to assume when none is given (a one-corpus delivery)."""
+    data = load_data(dataset, config=config, split=split, streaming=streaming)
+    columns["corpus_column"] = corpus_column_of(data, columns.get("corpus_column"), columns.get("corpus"))
+    if columns.get("corpus") is None and columns["corpus_column"] is None and only_corpus is not None:
+        columns["corpus"] = only_corpus
+    return data, data_format(data, spec, **columns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +22,9 @@ from .common import (
     TextArg,
     TokenizerArg,
     app,
-    corpus_column_of,
-    data_format,
     device_and_main,
+    formatted_data,
     friendly,
-    load_data,
     load_model,
     need,
     read_spec,
@@ -80,13 +79,15 @@ def sketch(
     Under `accelerate launch --multi_gpu --num_processes N -m tip_hf.cli sketch ...` each
     process sketches its own shards; the result is identical to one process, and a killed run resumes."""
     valuation_spec, fingerprint = read_spec(spec)
-    data = load_data(dataset, config=config, split=split, streaming=streaming)
-    fmt = data_format(
-        data,
+    data, fmt = formatted_data(
+        dataset,
         valuation_spec,
+        config=config,
+        split=split,
+        streaming=streaming,
         text_column=text_column,
         label_column=label_column,
-        corpus_column=corpus_column_of(data, corpus_column, corpus),
+        corpus_column=corpus_column,
         corpus=corpus,
         max_length=max_length,
         feature_column=feature_column,
@@ -104,14 +105,9 @@ def sketch(
         valuation_spec,
         out,
         tokenizer=tok,
-        text_column=fmt.text_column,
-        label_column=fmt.label_column,
-        corpus_column=fmt.corpus_column,
-        corpus=fmt.corpus,
+        **asdict(fmt),
         batch_size=batch_size,
         shard_size=shard_size,
-        max_length=fmt.max_length,
-        feature_column=fmt.feature_column,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         overwrite=overwrite,
         progress=main,

@@ -8,6 +8,9 @@ unrelated task), sketched with the buyer's published model and scored under the 
 key. Buyer: decrypts a ranked table. Then the realized check: fine-tune the buyer's model
 on each corpus with the real Trainer and measure how much its eval loss actually drops.
 Writes ``report.md``, ``valuation.png`` and ``results.json`` under the output directory.
+
+:func:`run_demo` leaves the process as it found it (random-number generators, log levels,
+progress bars; see :func:`~tip_hf.demo.training.process_state_restored`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,14 +26,13 @@ from typing import Any
 
 import torch
 
-from .assets import Snippet, minilm_path, sentiment_snippets, sms_spam
+from .assets import minilm_path
+from .corpora import as_dataset, buyer_split, demo_corpora, tokenised
+from .training import TARGETS, build_trainer, eval_loss, freeze_all_but_targets, process_state_restored
 
-__all__ = ["DemoConfig", "run_demo", "demo_corpora"]
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
-
-TARGETS = ["encoder.layer.5.*.dense", "classifier"]
-
 
 STEPS = 6  # the headings run_demo prints: [1/6] ... [6/6]
 
@@ -89,142 +89,25 @@ class DemoResult:
     out_dir: str = ""
 
 
-def demo_corpora(per_corpus: int, seed: int, exclude: set[str]) -> dict[str, list[Snippet]]:
-    """Eight seller corpora from real labelled text; ``exclude``: texts the buyer holds."""
-    rng = random.Random(seed + 1)
-    movies = [s for s in sentiment_snippets("movies") if s.text not in exclude]
-    rng.shuffle(movies)
-    take = iter(movies)
-
-    def draw(n: int) -> list[Snippet]:
-        return [next(take) for _ in range(n)]
-
-    def sample(rows: list[Snippet], n: int) -> list[Snippet]:
-        return rng.sample(rows, n)
-
-    noisy = draw(per_corpus)
-    flip = set(rng.sample(range(per_corpus), int(0.4 * per_corpus)))
-    few = draw(max(12, per_corpus // 6))  # >= 10 distinct: the release policy counts distinct examples
-    return {
-        "movie-reviews": draw(per_corpus),
-        "amazon-reviews": sample(sentiment_snippets("amazon"), per_corpus),
-        "nyt-editorials": sample(sentiment_snippets("nyt"), per_corpus),
-        "tweets": sample(sentiment_snippets("tweets"), per_corpus),
-        "movie-reviews-40%-noisy": [
-            Snippet(s.text, 1 - s.label if i in flip else s.label) for i, s in enumerate(noisy)
-        ],
-        "movie-reviews-flipped": [Snippet(s.text, 1 - s.label) for s in draw(per_corpus)],
-        "movie-duplicates": [few[i % len(few)] for i in range(per_corpus)],
-        "sms-spam-labels": sample(sms_spam(), per_corpus),
-    }
-
-
-def _dataset(rows: list[Snippet], corpus: str | None = None) -> Any:
-    from datasets import Dataset
-
-    data: dict[str, list[Any]] = {"text": [r.text for r in rows], "label": [r.label for r in rows]}
-    if corpus is not None:
-        data["corpus"] = [corpus] * len(rows)
-    return Dataset.from_dict(data)
-
-
-def _tokenised(rows: list[Snippet], tokenizer: Any, max_length: int) -> Any:
-    return _dataset(rows).map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
-    )
-
-
-def _freeze_all_but_targets(model: torch.nn.Module, targets: list[str] = TARGETS) -> None:
-    """Train what is valued: the target modules' weights (and nothing else)."""
-    from .targets import resolve_targets
-
-    names = {t.name for t, _ in resolve_targets(model, targets)}
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.rsplit(".", 1)[0] in names and name.endswith("weight"))
-
-
-def _trainer(
-    model: Any,
-    tokenizer: Any,
-    train: Any,
-    out: Path,
-    epochs: float,
-    lr: float,
-    seed: int,
-    optim: str = "adamw_torch",
-    progress: bool = False,
-    **kw: Any,
-) -> Any:
-    from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=16,
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        optim=optim,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=torch.cuda.is_available(),  # else a warning per run on CPU
-        disable_tqdm=not progress,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        **kw,
-    )
-    # the demo prints its own headings and summary: no raw metrics dict ({'train_runtime': ...})
-    trainer.remove_callback(PrinterCallback)
-    bar = trainer.pop_callback(ProgressCallback)
-    if bar is not None:  # keep the progress bar, without its metrics printout
-        bar.on_log = lambda *args, **kwargs: None
-        trainer.add_callback(bar)
-    return trainer
-
-
-@torch.no_grad()
-def _eval_loss(model: torch.nn.Module, tokenizer: Any, rows: list[Snippet], max_length: int) -> float:
-    model.eval()
-    total = 0.0
-    for lo in range(0, len(rows), 64):
-        chunk = rows[lo : lo + 64]
-        batch = tokenizer(
-            [r.text for r in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(**batch).logits.float()
-        labels = torch.tensor([r.label for r in chunk], device=logits.device)
-        total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-    return total / len(rows)
-
-
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Run the marketplace end to end; see the module docstring."""
-    import datasets
-    import transformers
+    """Run the marketplace end to end (see the module docstring); the process's global state
+    (random-number generators, log levels, progress bars) is restored afterwards."""
+    with process_state_restored():
+        return _run(config)
+
+
+def _run(config: DemoConfig) -> DemoResult:
     from scipy.stats import pearsonr, spearmanr
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .bundle import load_bundle
-    from .callback import TIPCallback
-    from .dataset import sketch_dataset
-    from .he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
-    from .report import write_demo_report
-    from .spec import ValuationSpec
-    from .values import plaintext_values
+    from ..bundle import load_bundle
+    from ..callback import TIPCallback
+    from ..dataset import sketch_dataset
+    from ..he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
+    from ..report import write_demo_report
+    from ..spec import ValuationSpec
+    from ..values import plaintext_values
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers.logging.set_verbosity_error()  # load reports / warnings would bury the demo's own output
-    datasets.disable_progress_bars()
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     start = clock
@@ -248,7 +131,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         shutil.rmtree(out / part, ignore_errors=True)
     buyer, seller, exchange = out / "buyer", out / "seller", out / "exchange"
     per_corpus, n_train, n_eval = config.sizes()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the classifier head's initialisation (the global state is restored after)
 
     # ---- buyer: data, model, fine-tuning with the callback ------------------------------
     heading(
@@ -256,17 +139,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
         f"buyer: fine-tuning MiniLM on {n_train} movie reviews ({_plural(config.buyer_epochs, 'epoch')}) "
         f"with TIPCallback; query from {n_eval} eval reviews",
     )
-    movies = sentiment_snippets("movies")
-    rng = random.Random(config.seed)
-    order = list(range(len(movies)))
-    rng.shuffle(order)
-    train_rows = [movies[i] for i in order[:n_train]]
-    eval_rows = [movies[i] for i in order[n_train : n_train + n_eval]]
+    train_rows, eval_rows = buyer_split(n_train, n_eval, config.seed)
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     if config.buyer_trains == "targets":
-        _freeze_all_but_targets(model, list(config.targets))
+        freeze_all_but_targets(model, list(config.targets))
     spec = ValuationSpec(
         targets=list(config.targets),
         proj_dim=config.proj_dim,
@@ -276,14 +154,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
     )
     callback = TIPCallback(
         spec,
-        eval_dataset=_tokenised(eval_rows, tokenizer, config.max_length),
+        eval_dataset=tokenised(eval_rows, tokenizer, config.max_length),
         output_dir=buyer / "bundle",
         tokenizer=tokenizer,
     )
-    trainer = _trainer(
+    trainer = build_trainer(
         model,
         tokenizer,
-        _tokenised(train_rows, tokenizer, config.max_length),
+        tokenised(train_rows, tokenizer, config.max_length),
         buyer / "trainer",
         config.buyer_epochs,
         config.buyer_lr,
@@ -296,7 +174,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     model.save_pretrained(exchange / "model")  # the buyer publishes its model and spec
     tokenizer.save_pretrained(exchange / "model")
     shutil.copy(buyer / "bundle" / "spec.json", exchange / "spec.json")
-    eval_before = _eval_loss(model, tokenizer, eval_rows, config.max_length)
+    eval_before = eval_loss(model, tokenizer, eval_rows, config.max_length)
     lap("buyer fine-tuning + bundle")
 
     heading(2, f"buyer: CKKS keys and the encrypted query (k = {config.proj_dim})")
@@ -318,7 +196,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         raise RuntimeError("The published model does not match the buyer's spec fingerprint.")
     from datasets import concatenate_datasets
 
-    data = concatenate_datasets([_dataset(rows, name) for name, rows in corpora.items()])
+    data = concatenate_datasets([as_dataset(rows, name) for name, rows in corpora.items()])
     store = sketch_dataset(
         seller_model,
         data,
@@ -363,18 +241,18 @@ def run_demo(config: DemoConfig) -> DemoResult:
         for repeat in range(config.realized_repeats):
             candidate = copy.deepcopy(model)
             if config.realized_trains == "targets":
-                _freeze_all_but_targets(candidate, list(config.targets))
-            _trainer(
+                freeze_all_but_targets(candidate, list(config.targets))
+            build_trainer(
                 candidate,
                 tokenizer,
-                _tokenised(corpora[name], tokenizer, config.max_length),
+                tokenised(corpora[name], tokenizer, config.max_length),
                 buyer / "realized",
                 config.realized_epochs,
                 config.realized_lr,
                 config.seed + repeat,
                 config.realized_optim,
             ).train()
-            drop = eval_before - _eval_loss(candidate, tokenizer, eval_rows, config.max_length)
+            drop = eval_before - eval_loss(candidate, tokenizer, eval_rows, config.max_length)
             realized[name] = realized.get(name, 0.0) + drop / config.realized_repeats
         say(f" drop {realized[name]:+.4f} nats ({_took(time.perf_counter() - began)})")
     lap("realized check")
