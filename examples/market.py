@@ -158,7 +158,7 @@ def score_privately(
         seconds["decrypt_examples"] = time.perf_counter() - clock
     else:
         seconds["score_examples"] = float("nan")
-    return Scored(example_enc, plain.per_example, plain.corpus, corpus_enc, corpus_plain, seconds)
+    return Scored(example_enc, plain.per_example, plain.corpus_labels, corpus_enc, corpus_plain, seconds)
 
 
 def machine() -> dict[str, Any]:

@@ -124,7 +124,7 @@ def main() -> None:
 
     # buyer: decrypt and rank
     table = decrypt_scores(work / "scores.tip", BuyerKeys.load(work / "buyer"))
-    reference = {r["corpus"]: r for r in plaintext_values(q, store).corpora}
+    reference = {r["corpus"]: r for r in plaintext_values(q, store).rows}
     print("\nencrypted valuation (value = predicted decrease of the buyer's eval loss):")
     print(table)
     print("\nplaintext reference:")

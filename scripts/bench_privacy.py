@@ -59,7 +59,7 @@ def released_means(store: SketchStore, query: np.ndarray, keys: BuyerKeys, epsil
 def sweep(
     store: SketchStore, query: np.ndarray, keys: BuyerKeys, realized: dict[str, float] | None, repeats: int
 ) -> dict[str, dict[str, float]]:
-    noiseless = {r["corpus"]: float(r["mean"]) for r in plaintext_values(query, store).corpora}
+    noiseless = {r["corpus"]: float(r["mean"]) for r in plaintext_values(query, store).rows}
     names = sorted(noiseless)
     out = {}
     for epsilon in EPSILONS:

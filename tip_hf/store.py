@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,13 @@ class Shard:
     start: int
     sketches: torch.Tensor  # [n, k] float32
     ids: torch.Tensor  # [n, 32] uint8 (SHA-256 content hashes)
-    corpus: torch.Tensor  # [n] int32 codes into SketchStore.corpora
+    corpus_codes: torch.Tensor  # [n] int32 codes into SketchStore.corpora (the corpus names)
+
+    @property
+    def corpus(self) -> torch.Tensor:
+        """Deprecated: :attr:`corpus_codes`."""
+        warnings.warn("Shard.corpus is now Shard.corpus_codes", DeprecationWarning, stacklevel=2)
+        return self.corpus_codes
 
     def id_strings(self) -> list[str]:
         return [bytes(row).hex() for row in self.ids.tolist()]
@@ -223,7 +230,7 @@ class SketchStore:
 
     def corpus_codes(self) -> torch.Tensor:
         """``[N]`` int32: index into :attr:`corpora` of every example."""
-        parts = [s.corpus for s in self.shards()]
+        parts = [s.corpus_codes for s in self.shards()]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
 
     def corpus_labels(self) -> list[str]:
@@ -330,7 +337,7 @@ def merge_stores(
     for store in stores:
         names = store.corpora
         for shard in store.shards():  # checksummed as read
-            codes = torch.tensor([writer.corpus_code(names[c]) for c in shard.corpus.tolist()], dtype=torch.int32)
+            codes = torch.tensor([writer.corpus_code(names[c]) for c in shard.corpus_codes.tolist()], dtype=torch.int32)
             writer.append(shard.sketches, shard.ids, codes)
     writer.finish()
     return SketchStore(out)

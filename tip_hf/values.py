@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,18 +41,27 @@ class CorpusRows:
 
 @dataclass
 class Values(CorpusRows):
-    """``per_example``: ``[N]`` float64 in store order; ``corpora``: one row per corpus
-    (``corpus``, ``count``, ``distinct``, ``sum``, ``mean``), ranked by ``sum``, highest first.
+    """``per_example``: ``[N]`` float64 in store order, with ``corpus_labels`` (each example's
+    corpus name); ``rows``: one row per corpus (``corpus``, ``count``, ``distinct``, ``sum``,
+    ``mean``), ranked by ``sum``, highest first.
     Values are additive (copies of an example count as often as they occur, as in influence
     functions); ``distinct`` counts different example ids, so padding is visible."""
 
     per_example: np.ndarray
-    corpus: list[str]
-    corpora: list[dict[str, object]]
+    corpus_labels: list[str]
+    rows: list[dict[str, object]]
 
     @property
-    def rows(self) -> list[dict[str, object]]:  # type: ignore[override]
-        return self.corpora
+    def corpora(self) -> list[dict[str, object]]:
+        """Deprecated: :attr:`rows` (``corpora`` means corpus names everywhere else)."""
+        warnings.warn("Values.corpora is now Values.rows", DeprecationWarning, stacklevel=2)
+        return self.rows
+
+    @property
+    def corpus(self) -> list[str]:
+        """Deprecated: :attr:`corpus_labels`."""
+        warnings.warn("Values.corpus is now Values.corpus_labels", DeprecationWarning, stacklevel=2)
+        return self.corpus_labels
 
 
 def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, clip_norm: float | None = None) -> Values:
@@ -65,7 +75,7 @@ def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, cl
     parts, codes, ids = [], [], []
     for shard in store.shards():
         parts.append((clip_rows(shard.sketches.double(), clip_norm) @ q).numpy())
-        codes.append(shard.corpus.numpy())
+        codes.append(shard.corpus_codes.numpy())
         ids.extend(example.tobytes() for example in shard.ids.numpy())
     values = np.concatenate(parts) if parts else np.zeros(0)
     code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)

@@ -114,7 +114,7 @@ def reveal(
     if table.release == "example":
         assert table.values is not None
         payload["values"] = table.values.tolist()
-        payload["corpus"] = table.corpus
+        payload["corpus_labels"] = table.corpus_labels
         typer.echo(f"{len(table.values)} per-example values")
     else:
         payload["rows"] = table.rows

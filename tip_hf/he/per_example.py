@@ -39,7 +39,7 @@ def _blocks(store: SketchStore, size: int) -> Iterator[tuple[torch.Tensor, torch
     held: list[tuple[torch.Tensor, ...]] = []
     count = 0
     for shard in store.shards():
-        held.append((shard.sketches, shard.ids, shard.corpus))
+        held.append((shard.sketches, shard.ids, shard.corpus_codes))
         count += len(shard.sketches)
         while count >= size:
             joined = [torch.cat(parts) for parts in zip(*held, strict=True)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,16 +45,22 @@ NOISE_Z = 6.0  # a recomputed value may differ from the decrypted one by this ma
 class ScoreTable(CorpusRows):
     """Decrypted values. Per corpus: ``rows`` ranked by total value (``sum``), each with
     ``noise_std`` (an upper bound on the std of the release noise, DP and flooding, in the
-    buyer's units); per example: ``values`` in store order with ``corpus`` labels."""
+    buyer's units); per example: ``values`` in store order with ``corpus_labels``."""
 
     release: str
     rows: list[dict[str, object]] = field(default_factory=list)
     values: np.ndarray | None = None
-    corpus: list[str] | None = None
+    corpus_labels: list[str] | None = None
     commitment: dict[str, object] | None = None
     dp: dict[str, Any] | None = None
     query_id: str | None = None
     clip_norm: float | None = None
+
+    @property
+    def corpus(self) -> list[str] | None:
+        """Deprecated: :attr:`corpus_labels`."""
+        warnings.warn("ScoreTable.corpus is now ScoreTable.corpus_labels", DeprecationWarning, stacklevel=2)
+        return self.corpus_labels
 
     def __len__(self) -> int:
         return len(self.rows) if self.release == "corpus" else len(self.values if self.values is not None else [])
@@ -165,7 +172,7 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
             labels.extend(str(c) for c in corpus)
         values = np.concatenate(parts) if parts else np.zeros(0)
         return ScoreTable(
-            "example", values=values, corpus=labels, commitment=header.get("commitment"), query_id=query_id
+            "example", values=values, corpus_labels=labels, commitment=header.get("commitment"), query_id=query_id
         )
     if release != "corpus":
         raise MessageError(f"The scores declare an unknown release {release!r}.")

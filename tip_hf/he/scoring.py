@@ -260,7 +260,7 @@ def _score_corpora(
     counts = np.zeros(len(names), dtype=np.int64)
     ids: list[list[bytes]] = [[] for _ in names]
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
-        codes = shard.corpus.long()
+        codes = shard.corpus_codes.long()
         totals.index_add_(0, codes, clip_rows(shard.sketches.double(), clip))
         counts += np.bincount(codes.numpy(), minlength=len(names))
         for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
