@@ -17,6 +17,7 @@ from ._version import __version__
 _EXPORTS = {
     "Bundle": "bundle",
     "load_bundle": "bundle",
+    "build_bundle": "buyer",
     "TIPCallback": "callback",
     "sketch_dataset": "dataset",
     "NonFiniteGradientError": "errors",
@@ -48,6 +49,7 @@ __all__ = [
     "ValuationSpec",
     "Values",
     "__version__",
+    "build_bundle",
     "example_ids_by_corpus",
     "load_bundle",
     "load_corpus",
@@ -57,6 +59,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import Bundle, load_bundle
+    from .buyer import build_bundle
     from .callback import TIPCallback
     from .data import example_ids_by_corpus, load_corpus
     from .dataset import sketch_dataset

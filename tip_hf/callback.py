@@ -30,12 +30,13 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .bundle import Bundle, write_bundle
+from .buyer import solve_bundle
 from .capture import GradientCapture
-from .curvature import CurvatureAccumulator, solve_query
+from .curvature import CurvatureAccumulator
 from .errors import NonFiniteGradientError, TIPError
 from .examples import ExampleFormat, Examples, chunks, columns
 from .loss import IGNORE_INDEX
-from .sketcher import mean_sketch, model_facts
+from .sketcher import model_facts
 from .spec import BoundSpec, ValuationSpec
 from .targets import unwrap_model
 
@@ -280,7 +281,6 @@ class TIPCallback(TrainerCallback):
         model = unwrap_model(model) if model is not None else self._model
         if model is None:
             raise TIPError("TIPCallback was not attached to a training run.")
-        curvature = self.curvature.matrix if self.curvature.count else None
         if self.eval_dataset is None:
             logger.warning(
                 "TIPCallback has no eval_dataset: no query and no bundle are written; the curvature "
@@ -288,33 +288,16 @@ class TIPCallback(TrainerCallback):
             )
             return None
         bound = self._bound if self._bound is not None and self._bound.model is model else self.spec.bind(model)
-        fingerprint = bound.fingerprint()  # the trained weights, hashed once
-        total, count, eval_loss = mean_sketch(
-            model,
-            self.eval_dataset,
+        return solve_bundle(
             bound,
+            self.curvature,
+            self.eval_dataset,
             tokenizer=self.tokenizer,
             batch_size=self.eval_batch_size,
             max_length=self.max_length,
             progress=False,
             feature_column=self.feature_column,
         )
-        g = total / count
-        solution = solve_query(curvature, g, self.spec.damping, self.spec.preconditioner)
-        summary = {
-            "n_examples": self.curvature.count,
-            "n_eval_examples": count,
-            "eval_loss": eval_loss,
-            "proj_dim": self.spec.proj_dim,
-            "preconditioner": self.spec.preconditioner,
-            "damping_relative": self.spec.damping,
-            "damping_lambda": solution.damping,
-            "eigenvalue_min": solution.eigenvalues[0],
-            "eigenvalue_max": solution.eigenvalues[1],
-            "query_norm": float(solution.query.norm()),
-            "eval_gradient_norm": float(g.norm()),
-        }
-        return Bundle(self.spec, fingerprint, curvature, solution.query, g, summary)
 
 
 def _logits_module(model: nn.Module, task: str) -> nn.Module | None:
