@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tip_hf import assets
-from tip_hf.assets import AssetMissingError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # examples/assets.py, as the examples do
+
+import assets
+from assets import AssetMissingError
 
 
 def _need(loader, *args):

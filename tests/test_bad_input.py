@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_bert, make_gpt2, minilm_dir
 from datasets import Dataset
+from helpers import MLP, make_bert, make_gpt2, minilm_dir, tiny_training_args
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
@@ -317,18 +317,12 @@ def test_over_vocabulary_token_ids(world):
 
 
 def test_wrong_feature_width_for_a_dense_model(tmp_path):
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.hidden, self.classifier = torch.nn.Linear(6, 8), torch.nn.Linear(8, 2)
-
-        def forward(self, features):
-            return self.classifier(torch.relu(self.hidden(features)))
-
     spec = ValuationSpec(targets=["hidden", "classifier"], proj_dim=8, task="sequence_classification")
     data = Dataset.from_dict({"features": torch.randn(4, 5).tolist(), "label": [0, 1, 0, 1]})
     with pytest.raises(DataError, match=r"does not accept `features` of shape \(5,\)"):
-        sketch_dataset(MLP(), data, spec, tmp_path / "s", feature_column="features", progress=False)
+        sketch_dataset(
+            MLP(d_in=6, hidden=8, classes=2), data, spec, tmp_path / "s", feature_column="features", progress=False
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -345,12 +339,11 @@ def test_corrupted_bundle_files(world, tmp_path):
 
 
 def test_callback_task_mismatch_fails_at_train_begin(world, tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     data = Dataset.from_list(rows(8, corpus=None)).map(lambda b: world["tokenizer"](b["text"]), batched=True,
                                                        remove_columns=["text"])  # fmt: skip
-    args = TrainingArguments(output_dir=str(tmp_path / "t"), report_to=[], use_cpu=True, max_steps=1,
-                             per_device_train_batch_size=4, save_strategy="no")  # fmt: skip
+    args = tiny_training_args(tmp_path / "t", max_steps=1, logging_strategy="steps")
     wrong = ValuationSpec(targets=["classifier"], proj_dim=8, task="causal_lm")
     callback = TIPCallback(wrong, eval_dataset=data, output_dir=tmp_path / "b")
     trainer = Trainer(model=world["model"], args=args, train_dataset=data, callbacks=[callback])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GPT2_TARGETS, make_bert, make_gpt2
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from helpers import GPT2_TARGETS, make_bert, make_gpt2, tiny_training_args
+from transformers import Trainer
 
 from tip_hf import GradientSketcher, ValuationSpec
 from tip_hf.bundle import load_bundle
@@ -42,16 +42,10 @@ def collate_cls(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 def train(model, rows, collate, spec, tmp_path, accumulation: int, eval_rows=None, **training_args):
     """A learning-rate-0 Trainer run (weights stay put) with a recording TIPCallback."""
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
+    args = tiny_training_args(
+        tmp_path / "run",
         gradient_accumulation_steps=accumulation,
-        num_train_epochs=1,
         learning_rate=0.0,
-        report_to=[],
-        use_cpu=True,
-        logging_strategy="no",
-        save_strategy="no",
         dataloader_num_workers=0,
         seed=0,
         **training_args,
@@ -131,15 +125,7 @@ def test_tip_trainer_helpers(tmp_path):
     model = make_gpt2()
     spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=32, proj_factor=8)
     rows = lm_rows(16)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
+    args = tiny_training_args(tmp_path / "run", learning_rate=1e-3, logging_strategy="steps")
     trainer = TIPTrainer(
         model=model,
         args=args,
@@ -160,7 +146,7 @@ def test_tip_trainer_helpers(tmp_path):
 
 
 def test_callback_with_peft_lora(tmp_path):
-    from conftest import add_lora
+    from helpers import add_lora
 
     model = add_lora(make_gpt2(), ["c_attn", "c_fc"])
     spec = ValuationSpec(targets="lora", proj_dim=64)

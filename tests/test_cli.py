@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import accelerate_command, make_bert, minilm_dir
 from datasets import Dataset
-from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+from helpers import accelerate_command, make_bert, minilm_dir, tiny_training_args
+from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
 from tip_hf import SketchStore, TIPCallback, ValuationSpec, load_bundle, plaintext_values
 
@@ -83,15 +83,7 @@ def market(tmp_path_factory):
     callback = TIPCallback(
         spec, eval_dataset=tokenise(sentences(12, 1)), output_dir=buyer / "bundle", tokenizer=tokenizer
     )
-    args = TrainingArguments(
-        output_dir=str(root / "trainer"),
-        per_device_train_batch_size=8,
-        num_train_epochs=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_strategy="no",
-    )
+    args = tiny_training_args(root / "trainer", per_device_train_batch_size=8)
     Trainer(
         model=model,
         args=args,
@@ -281,6 +273,7 @@ def test_sketch_resumes_and_is_deterministic(market, tmp_path):
     torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_sketch_under_accelerate_launch_equals_one_process(market, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m tip_hf.cli sketch` (two gloo ranks)."""
     seller = market["seller"]

@@ -9,12 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import flat_grad
 from datasets import Dataset
+from helpers import MLP, flat_grad, tiny_training_args
 from test_callback import match
-from torch import nn
-from transformers import Trainer, TrainingArguments
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers import Trainer
 
 from tip_hf import (
     GradientSketcher,
@@ -29,20 +27,6 @@ from tip_hf.dataset import mean_sketch
 
 TARGETS = ["hidden", "classifier"]
 CLS = "sequence_classification"
-
-
-class MLP(nn.Module):
-    """What a tabular / pixel user writes: keyword input, Trainer-style output."""
-
-    def __init__(self, d_in: int = 12, hidden: int = 16, classes: int = 3) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(d_in, hidden)
-        self.classifier = nn.Linear(hidden, classes)
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        logits = self.classifier(torch.tanh(self.hidden(features)))
-        loss = None if labels is None else F.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,17 +132,7 @@ def test_callback_on_mlp_records_sketcher_sketches(tmp_path):
         record_sketches=True,
         feature_column="features",
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        num_train_epochs=1,
-        learning_rate=0.0,
-        report_to=[],
-        use_cpu=True,
-        logging_strategy="no",
-        save_strategy="no",
-    )
+    args = tiny_training_args(tmp_path / "run", gradient_accumulation_steps=2, learning_rate=0.0)
     Trainer(model=model, args=args, train_dataset=train_rows, callbacks=[callback]).train()
     sketcher = GradientSketcher(model, spec)
     match(torch.cat(callback.sketches), sketcher.sketch({"features": x, "labels": y}).cpu())
@@ -214,10 +188,7 @@ def test_label_formats_give_the_same_sketches_and_ids(tmp_path):
 def test_callback_names_a_wrong_feature_column(tmp_path):
     x, y = data(8)
     callback = TIPCallback(ValuationSpec(targets=TARGETS, task=CLS, proj_dim=8), feature_column="pixel_values")
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_train_epochs=1, report_to=[],
-        use_cpu=True, logging_strategy="no", save_strategy="no",
-    )  # fmt: skip
+    args = tiny_training_args(tmp_path / "run")
     trainer = Trainer(
         model=MLP(), args=args, train_dataset=Dataset.from_dict({"features": x.tolist(), "labels": y.tolist()}),
         callbacks=[callback],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import accelerate_command
+from helpers import accelerate_command
 
 from tip_hf.bundle import load_bundle
 
@@ -114,7 +114,7 @@ def test_two_processes_score_like_one(tmp_path):
     """Per-example blocks spread over two ranks (block b on rank b mod 2), per-corpus on the
     main one: the decrypted values equal the plaintext reference, as with one process."""
     import numpy as np
-    from conftest import synthetic_store
+    from helpers import synthetic_store
 
     from tip_hf import plaintext_values
     from tip_hf.he import BuyerKeys, decrypt_scores, encrypt_query
@@ -136,7 +136,7 @@ def test_two_processes_score_like_one(tmp_path):
     scale = np.abs(reference.per_example).max()
     per_example = decrypt_scores(tmp_path / "example.tip", keys)
     np.testing.assert_allclose(per_example.values, reference.per_example, atol=1e-6 * scale)
-    assert per_example.corpus == labels
+    assert per_example.corpus_labels == labels
     table = decrypt_scores(tmp_path / "corpus.tip", keys)
-    for row in reference.corpora:
+    for row in reference.rows:
         assert table[row["corpus"]]["sum"] == pytest.approx(row["sum"], abs=1e-6 * scale * 9000)

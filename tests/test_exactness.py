@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BERT_TARGETS, GPT2_TARGETS, add_lora, flat_grad, make_bert, make_gpt2, minilm_dir, random_batch
+from helpers import BERT_TARGETS, GPT2_TARGETS, add_lora, flat_grad, make_bert, make_gpt2, minilm_dir, random_batch
 
 from tip_hf import GradientSketcher, ValuationSpec
 

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import minilm_dir
+from helpers import minilm_dir
+
+pytestmark = pytest.mark.slow  # minutes: the quickstart and a small `tip demo`
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +35,15 @@ def test_tip_demo_small(tmp_path, capsys):
     CKKS, realized fine-tuning; files written, encrypted == plaintext; step headings with timings
     on stdout as it goes, and no raw Trainer metrics dict."""
     import json
+    import random
+
+    import torch
+    import transformers
 
     from tip_hf.demo import DemoConfig, run_demo
 
+    rng_before, python_before = torch.get_rng_state(), random.getstate()
+    verbosity_before = transformers.logging.get_verbosity()
     config = DemoConfig(
         out_dir=str(tmp_path / "demo"),
         per_corpus=12,
@@ -64,3 +72,45 @@ def test_tip_demo_small(tmp_path, capsys):
     assert saved["spearman"] == result.spearman and saved["bundle_summary"]["n_examples"] == 32
     assert (tmp_path / "demo" / "valuation.png").stat().st_size > 10_000
     assert "Spearman" in (tmp_path / "demo" / "report.md").read_text()
+    # run_demo seeds and quietens only within its own scope: the caller's process is as it was
+    assert torch.equal(torch.get_rng_state(), rng_before) and random.getstate() == python_before
+    assert transformers.logging.get_verbosity() == verbosity_before
+
+
+def test_demo_scope_restores_process_state():
+    """What run_demo runs in: seeds, log level and progress bars set inside are undone after."""
+    import random
+
+    import datasets
+    import numpy as np
+    import torch
+    import transformers
+
+    from tip_hf.demo.training import process_state_restored
+
+    def seed_all(seed: int) -> None:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def draws() -> tuple[list[float], float, float]:
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    verbosity, bars = transformers.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    try:
+        transformers.logging.set_verbosity_warning()
+        datasets.enable_progress_bars()
+        seed_all(123)
+        expected = draws()
+        seed_all(123)
+        with process_state_restored():
+            assert transformers.logging.get_verbosity() == transformers.logging.ERROR
+            assert not datasets.is_progress_bar_enabled()
+            seed_all(0)
+            draws()
+        assert transformers.logging.get_verbosity() == transformers.logging.WARNING
+        assert datasets.is_progress_bar_enabled()
+        assert draws() == expected
+    finally:  # this test's own changes, undone for the tests after it
+        transformers.logging.set_verbosity(verbosity)
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
-from conftest import synthetic_store
+from helpers import synthetic_store
 
 from tip_hf.he import (
     BuyerKeys,
@@ -455,7 +455,7 @@ def test_weak_or_foreign_parameters_are_refused():
     with pytest.raises(ParamsError, match="complex-pairs/1"):
         CKKSParams.from_dict({"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 55, 60], "scale_bits": 55})
     keys = BuyerKeys.generate("n16384")
-    assert keys.public_context.params.slots == 8192
+    assert keys.public.params.slots == 8192
 
 
 def test_bad_messages_give_clear_errors(keys, store):

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import synthetic_store
+from helpers import synthetic_store
 
 from tip_hf import SpecMismatchError, ValuationSpec, plaintext_values
 from tip_hf.he import BuyerKeys, PolicyError, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
@@ -56,8 +56,8 @@ def test_corpus_values_match_plaintext(tmp_path, keys, k):
     ranking = [row["corpus"] for row in table.rows]
     assert ranking == sorted(expected, key=lambda c: -expected[c][0])
     reference = plaintext_values(q, store)  # the library's own plaintext reference agrees
-    assert [r["corpus"] for r in reference.corpora] == ranking
-    assert np.allclose([r["sum"] for r in reference.corpora], [expected[c][0] for c in ranking])
+    assert [r["corpus"] for r in reference.rows] == ranking
+    assert np.allclose([r["sum"] for r in reference.rows], [expected[c][0] for c in ranking])
     assert "single" in ranking
     if k < 4096:  # one corpus holds more examples than a ciphertext has slots
         assert max(np.unique(labels, return_counts=True)[1]) > keys.public.params.slots
@@ -74,7 +74,7 @@ def test_example_values_match_plaintext_across_blocks(tmp_path, keys):
     )
     table = decrypt_scores(result, keys)
     _, values = plaintext(sketches, labels, q)
-    assert table.values.shape == values.shape and table.corpus == list(labels)
+    assert table.values.shape == values.shape and table.corpus_labels == list(labels)
     assert np.abs(table.values - values).max() <= 1e-5 * np.abs(values).max()  # flooding: 2^-25 of a block's max
     assert np.corrcoef(table.values, values)[0, 1] > 0.99999
     assert np.array_equal(np.argsort(-table.values, kind="stable")[:100], np.argsort(-values, kind="stable")[:100])
@@ -149,7 +149,7 @@ def test_parallel_workers_give_the_same_values(tmp_path, keys):
     one = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, progress=False), keys)
     two = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, workers=2, progress=False), keys)
     assert np.abs(one.values - two.values).max() < 1e-6 * np.abs(one.values).max()
-    assert one.corpus == two.corpus
+    assert one.corpus_labels == two.corpus_labels
 
 
 def test_commitment_verifies_delivered_data(tmp_path, keys):

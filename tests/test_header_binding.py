@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
-from conftest import synthetic_store
+from helpers import synthetic_store
 
 from tip_hf.he import (
     BuyerKeys,

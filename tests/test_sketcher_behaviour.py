@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GPT2_TARGETS, make_gpt2, random_batch
+from helpers import GPT2_TARGETS, make_gpt2, random_batch
 
 from tip_hf import GradientSketcher, NonFiniteGradientError, ValuationSpec
 from tip_hf.errors import DataError

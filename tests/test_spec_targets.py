@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GPT2_TARGETS, add_lora, make_bert, make_gpt2
+from helpers import GPT2_TARGETS, add_lora, make_bert, make_gpt2
 
 from tip_hf import GradientSketcher, TargetError, ValuationSpec
 

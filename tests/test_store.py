@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import GPT2_TARGETS, make_bert, make_gpt2, minilm_dir
 from datasets import Dataset
+from helpers import GPT2_TARGETS, make_bert, make_gpt2, minilm_dir
 
 import tip_hf.sketcher as sketcher_module
 from tip_hf import (
@@ -181,7 +181,7 @@ def test_default_output_dir_is_a_reusable_cache(tmp_path, monkeypatch):
     store = sketch_dataset(model, data, SPEC, progress=False)
     assert store.path.parent == tmp_path / "cache" / "stores" and len(store) == 12
     again = sketch_dataset(model, data, SPEC, progress=False)  # complete: reused, not redone
-    assert again.path == store.path and SketchStore.load(store.path, spec=SPEC).ids() == store.ids()
+    assert again.path == store.path and SketchStore(store.path, spec=SPEC).ids() == store.ids()
 
 
 def test_merged_stores_score_as_one(tmp_path):

@@ -12,8 +12,8 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import make_bert, minilm_dir
 from datasets import Dataset
+from helpers import make_bert, minilm_dir
 
 from tip_hf import SketchStore, ValuationSpec, plaintext_values, sketch_dataset
 from tip_hf.data import example_ids_by_corpus

@@ -13,7 +13,7 @@ from accelerate import PartialState
 from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_bert
+from helpers import make_bert
 
 from tip_hf import GradientSketcher, ValuationSpec, sketch_dataset
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import GPT2_TARGETS, make_gpt2
+from helpers import GPT2_TARGETS, make_gpt2, tiny_training_args
 from test_callback import collate_lm, lm_rows
 
 from tip_hf import TIPCallback, ValuationSpec
@@ -21,18 +21,7 @@ def main(out: str) -> None:
     torch.manual_seed(0)
     model = make_gpt2()
     spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=64, proj_factor=8)
-    args = TrainingArguments(
-        output_dir=str(Path(out) / "run"),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        learning_rate=0.0,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        dataloader_num_workers=0,
-        seed=0,
-        use_cpu=True,
-    )
+    args = tiny_training_args(Path(out) / "run", learning_rate=0.0, dataloader_num_workers=0, seed=0)
     callback = TIPCallback(spec, eval_dataset=Dataset.from_list(lm_rows(8, seed=1)), output_dir=Path(out) / "bundle")
     trainer = Trainer(
         model=model,
