@@ -461,3 +461,16 @@ def test_reveal_refuses_a_budget_that_is_not_an_amount(tmp_path, budget):
     one_line(*tip("reveal", "--scores", tmp_path / "scores.tip", "--keys", tmp_path / "keys", "--budget", budget,
                   "-o", tmp_path / "v.json"), r"--budget must be a positive amount")  # fmt: skip
     assert not (tmp_path / "v.json").exists()
+
+
+def test_keys_refuse_a_queries_file_readable_by_others(tmp_path):
+    from tip_hf.he import BuyerKeys
+
+    BuyerKeys.generate("n8192").save(tmp_path / "keys")
+    queries = tmp_path / "keys" / "queries.json"
+    assert queries.stat().st_mode & 0o077 == 0
+    queries.chmod(0o644)
+    with pytest.raises(PermissionError, match=r"queries.json' is readable by others .*chmod 600"):
+        BuyerKeys.load(tmp_path / "keys")
+    queries.chmod(0o600)
+    BuyerKeys.load(tmp_path / "keys")

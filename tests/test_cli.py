@@ -20,6 +20,9 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
 from tip_hf import SketchStore, TIPCallback, ValuationSpec, load_bundle, plaintext_values
 
+pytestmark = pytest.mark.slow  # a trained buyer and real subprocesses per step (~2.5 min); the fast CLI
+# error checks run in-process in test_bad_input.py
+
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "film", "plot", "cast", "music", "the", "was", "very"]
 
 
@@ -273,7 +276,6 @@ def test_sketch_resumes_and_is_deterministic(market, tmp_path):
     torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_cli_sketch_under_accelerate_launch_equals_one_process(market, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m tip_hf.cli sketch` (two gloo ranks)."""
     seller = market["seller"]

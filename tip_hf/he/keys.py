@@ -170,7 +170,15 @@ class BuyerKeys:
             secret_key = S.load(seal.SecretKey, public.context, secret.blobs[0])
         except S.SealLoadError as e:
             raise MessageError(f"The secret key in '{path}' does not load: {e}") from None
-        exponents, checks = _read_queries(path / QUERIES_FILE)
+        queries = path / QUERIES_FILE
+        if queries.is_symlink():
+            raise KeyFileError(f"'{queries}' is a symbolic link; buyer keys are read only from regular files.")
+        if queries.is_file() and queries.stat().st_mode & 0o077:  # it holds the header-check seeds
+            raise PermissionError(
+                f"'{queries}' is readable by others (mode {oct(queries.stat().st_mode & 0o077)}): it holds the "
+                "secret seeds that bind scores headers; chmod 600 it."
+            )
+        exponents, checks = _read_queries(queries)
         return cls(public, secret_key, exponents, path, checks)
 
     def remember_query(self, query_id: str, exponent: int, check: str | None = None) -> None:
