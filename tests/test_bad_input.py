@@ -24,7 +24,7 @@ from tip_hf import GradientSketcher, SketchStore, TIPCallback, ValuationSpec, sk
 from tip_hf.bundle import Bundle, BundleError, load_bundle, write_bundle
 from tip_hf.cli import app
 from tip_hf.data import DataSourceError, load_corpus
-from tip_hf.errors import DataError, SpecMismatchError
+from tip_hf.errors import DataError, SpecMismatchError, TIPError
 
 SPEC = ValuationSpec(
     targets=["classifier", "bert.encoder.layer.1.output.dense"], proj_dim=32, task="sequence_classification"
@@ -474,3 +474,60 @@ def test_keys_refuse_a_queries_file_readable_by_others(tmp_path):
         BuyerKeys.load(tmp_path / "keys")
     queries.chmod(0o600)
     BuyerKeys.load(tmp_path / "keys")
+
+
+# -- found in review -------------------------------------------------------------------------------
+def test_merge_never_destroys_or_doubles_a_source(world, tmp_path):
+    from tip_hf.store import merge_stores
+
+    for name, seed in (("a", 0), ("b", 1)):
+        assert sketch_cli(world, jsonl(tmp_path / f"{name}.jsonl", rows(6, seed=seed)), tmp_path / name)[0] == 0
+    before = SketchStore(tmp_path / "a").ids()
+    one_line(*tip("merge", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "a", "--overwrite"),
+             r"one of the stores to merge.*--out")  # fmt: skip
+    assert SketchStore(tmp_path / "a").ids() == before
+    with pytest.raises(TIPError, match="listed twice"):
+        merge_stores([tmp_path / "a", tmp_path / "a"], tmp_path / "m")
+
+
+def test_pretokenised_rows_with_mismatched_lengths_or_huge_ids(tmp_path):
+    model, spec = make_gpt2(), ValuationSpec(targets=["transformer.h.*.mlp.c_fc"], proj_dim=8)
+    cases = [
+        ({"input_ids": [[3, 4], [1, 2]], "labels": [[3, 4], [1, 2, 3]]}, "3 token labels for 2 input ids"),
+        ({"input_ids": [[3, 4], [1, 2]], "token_type_ids": [[0, 0], [0, 0, 0]]}, "token_type_ids"),
+        ({"input_ids": [[3.0, 4.0], [1.0, 1e20]]}, "64-bit token ids"),
+    ]
+    for i, (columns, message) in enumerate(cases):
+        with pytest.raises(DataError, match=message):
+            sketch_dataset(model, Dataset.from_dict(columns), spec, tmp_path / f"s{i}", progress=False)
+        assert not (tmp_path / f"s{i}").exists()
+
+
+def test_overwrite_deletes_only_a_sketch_store(world, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"tool": "something else"}')
+    (folder / "shard-00000.safetensors").write_bytes(b"precious")
+    one_line(*sketch_cli(world, world["root"] / "good.jsonl", folder, "--overwrite"),
+             r"not a sketch store .*--overwrite replaces only sketch stores")  # fmt: skip
+    assert (folder / "shard-00000.safetensors").read_bytes() == b"precious"
+
+
+def test_an_orphan_shard_from_an_interrupted_first_save_is_cleaned(world, tmp_path, monkeypatch):
+    import tip_hf.store as store_module
+
+    real = store_module.StoreWriter._save_manifest
+    calls = {"n": 0}
+
+    def interrupted_after_the_shard(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first shard is on disk, its manifest entry is not
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(store_module.StoreWriter, "_save_manifest", interrupted_after_the_shard)
+    code, err = sketch_cli(world, world["root"] / "good.jsonl", tmp_path / "s", "--shard-size", "4")
+    assert code == 130, err
+    monkeypatch.undo()
+    assert not (tmp_path / "s").exists()  # nothing half-made is left
+    assert sketch_cli(world, world["root"] / "good.jsonl", tmp_path / "s")[0] == 0

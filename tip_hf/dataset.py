@@ -286,7 +286,8 @@ class _Job:
                 raise SpecMismatchError(
                     f"{what} of the existing store at '{path}'", header[key], manifest[key], fix, cli_fix=cli_fix
                 )
-        self._check_done_rows([*manifest["shards"], *recorded_entries(path)], fix, cli_fix)
+        recorded = [e for e in recorded_entries(path) if (path / e["file"]).is_file()]  # a deleted shard: redone
+        self._check_done_rows([*manifest["shards"], *recorded], fix, cli_fix)
         return StoreWriter(path, manifest)
 
     def _check_done_rows(self, entries: list[dict[str, Any]], fix: str, cli_fix: str) -> None:

@@ -225,10 +225,17 @@ class Examples:
                 ids = list(ids.tolist() if hasattr(ids, "tolist") else ids or [])
                 if not ids:
                     raise DataError(f"Example {row} has no tokens; remove empty rows from the dataset.")
-                if not all(is_int(t) for t in ids):
-                    raise DataError(f"Example {row}: `input_ids` must be integers.")
+                if not all(is_int(t) and -(2**63) <= t < 2**63 for t in ids):
+                    raise DataError(f"Example {row}: `input_ids` must be integers (64-bit token ids).")
                 tt = batch["token_type_ids"][i] if "token_type_ids" in batch else None
                 tt = None if tt is None else list(tt.tolist() if hasattr(tt, "tolist") else tt)
+                if tt is not None and (len(tt) != len(ids) or not all(is_int(t) and 0 <= t < 2**31 for t in tt)):
+                    raise DataError(f"Example {row}: `token_type_ids` must be small integers, one per input id.")
+                if isinstance(label, list) and len(label) != len(ids):
+                    raise DataError(
+                        f"Example {row} has {len(label)} token labels for {len(ids)} input ids; causal-LM labels "
+                        "must have one entry per input id (-100 to ignore)."
+                    )
                 raw_id = example_id(ids, label, tt)
                 out.append({"input_ids": ids, "token_type_ids": tt, "label": label, "corpus": corpus, "id": raw_id})
             else:

@@ -30,6 +30,8 @@ def offline_unless_reachable(timeout: float = 2.0) -> bool:
     """Turn on offline mode if the Hub cannot be reached; returns whether it is offline."""
     if hub_offline():
         return True
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # the Hub is reached through a proxy: a direct probe says nothing
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:

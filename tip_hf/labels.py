@@ -21,7 +21,7 @@ def checked_label(
     multi-label targets finite floats, causal-LM labels lists of token ids."""
     label = plain_label(value)
     if task != "sequence_classification":
-        if label is not None and not (isinstance(label, list) and all(is_int(t) for t in label)):
+        if label is not None and not (isinstance(label, list) and all(is_int(t) and abs(t) < 2**63 for t in label)):
             raise DataError(f"Example {row}: causal-LM labels must be a list of token ids (-100 to ignore).")
         return label
     if label is None or isinstance(label, str | bytes | dict):

@@ -305,6 +305,16 @@ def merge_stores(
     """
     if len(sources) < 2:
         raise TIPError("Merging needs at least two stores.", cli_fix="Pass two or more store folders.")
+    resolved = [Path(p).resolve() for p in sources]
+    if len(set(resolved)) != len(resolved):
+        raise TIPError("A store is listed twice: its examples would count twice.", fix="List each store once.")
+    out = Path(output_dir)
+    if out.resolve() in resolved:
+        raise TIPError(
+            f"The output '{out}' is one of the stores to merge; merging into it would destroy it.",
+            fix="Choose a new output_dir.",
+            cli_fix="Choose a new --out.",
+        )
     stores = [SketchStore(path) for path in sources]
     first = stores[0]
     for store in stores:
@@ -320,7 +330,6 @@ def merge_stores(
                     store.manifest[key],
                     "Only stores sketched with the same spec and model can be merged.",
                 )
-    out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite or not (out / MANIFEST).is_file():
             raise TIPError(
@@ -328,6 +337,7 @@ def merge_stores(
                 fix="Choose a new output_dir (or overwrite=True to replace a store there).",
                 cli_fix="Choose a new --out (or --overwrite to replace a store there).",
             )
+        read_manifest(out / MANIFEST)  # only a sketch store is replaced
         for child in out.iterdir():
             if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
                 child.unlink()

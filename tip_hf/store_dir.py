@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .distributed import RECORD_PREFIX, recorded_entries
 from .errors import StoreBusyError, TIPError
-from .store import MANIFEST, SketchStore
+from .store import MANIFEST
+from .store_files import read_manifest
 
 __all__ = ["LOCK", "main_process_lock", "remove_if_empty", "remove_store"]
 
@@ -58,15 +59,20 @@ def main_process_lock(path: Path, rank: int, world: int) -> Iterator[bool]:
 
 
 def remove_if_empty(path: Path, created: bool) -> None:
-    """After a failed run: a store that holds no shard is removed, so a rerun starts clean."""
-    manifest = SketchStore(path).manifest if (path / MANIFEST).is_file() else None
-    if manifest is not None and (manifest["shards"] or recorded_entries(path)):
-        return  # whole shards were kept: a rerun resumes from them
-    if manifest is not None and not created and manifest.get("complete"):
+    """After a failed run: a store that holds no shard is removed (with any shard file a run
+    interrupted before recording it), so a rerun starts clean. A store this code cannot read
+    is left alone: it is not ours to clean."""
+    try:
+        manifest = read_manifest(path / MANIFEST) if (path / MANIFEST).is_file() else None
+        if manifest is not None and (manifest["shards"] or manifest["complete"] or recorded_entries(path)):
+            return  # whole shards were kept: a rerun resumes from them
+    except TIPError:
         return
-    with contextlib.suppress(OSError, TIPError):
+    with contextlib.suppress(OSError):
         if manifest is not None:
-            (path / MANIFEST).unlink()
+            for child in path.iterdir():
+                if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
+                    child.unlink()
         for child in path.glob(".manifest*"):
             child.unlink()
         if created and path.is_dir() and not any(p.name != LOCK for p in path.iterdir()):
@@ -74,12 +80,20 @@ def remove_if_empty(path: Path, created: bool) -> None:
 
 
 def remove_store(path: Path) -> None:
-    if not (path / MANIFEST).is_file():
-        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
-            raise TIPError(
-                f"overwrite=True but '{path}' is not a sketch store; refusing to delete it.",
-                cli_fix=f"--overwrite was given but '{path}' is not a sketch store; refusing to delete it.",
-            )
+    """``overwrite``: delete a sketch store's files, and only those of a real sketch store."""
+    refuse = TIPError(
+        f"'{path}' is not a sketch store (no valid {MANIFEST}); refusing to delete anything in it.",
+        fix="overwrite=True replaces only sketch stores: choose another output_dir.",
+        cli_fix="--overwrite replaces only sketch stores: choose another --out.",
+    )
+    if (path / MANIFEST).is_file():
+        try:
+            read_manifest(path / MANIFEST)
+        except TIPError:
+            raise refuse from None
+    elif path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+        raise refuse
+    else:
         return
     for child in path.iterdir():
         if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):

@@ -165,6 +165,8 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
             raise MessageError("The scores header lists another number of blocks than it holds value ciphertexts.")
         for blob, block in zip(values_blobs, blocks, strict=True):
             count, exponent = _block_fields(block)
+            if count > keys.public.params.slots:
+                raise MessageError("The scores header has a block of more examples than a ciphertext holds.")
             parts.append(slots(blob)[:count] * 2.0 ** (exponent + q_exp))
             corpus = block.get("corpus")
             if not isinstance(corpus, list) or len(corpus) != count:
