@@ -12,12 +12,11 @@ import os
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from .bundle import Bundle, write_bundle
 from .curvature import CurvatureAccumulator, solve_query
-from .examples import ExampleFormat, Examples, chunks, columns
-from .sketcher import GradientSketcher, mean_sketch, model_facts, sketch_batch
+from .examples import ExampleFormat
+from .sketcher import GradientSketcher, mean_sketch, model_examples, sketch_dataset_batches
 from .spec import BoundSpec, ValuationSpec
 
 __all__ = ["build_bundle", "solve_bundle"]
@@ -74,13 +73,11 @@ def build_bundle(
     if train_dataset is not None:
         curvature = CurvatureAccumulator(spec.proj_dim)
         fmt = ExampleFormat(max_length=max_length, feature_column=feature_column)
-        examples = Examples(spec, columns(train_dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
-        size = len(train_dataset) if hasattr(train_dataset, "__len__") else None
-        with tqdm(total=size, unit="ex", desc="sketching training set", disable=not progress) as bar:
-            for lo, chunk in chunks(train_dataset, 0, batch_size):
-                rows = examples.rows(chunk, lo)
-                curvature.add(sketch_batch(sketcher, examples, rows))
-                bar.update(len(rows))
+        examples = model_examples(sketcher.model, spec, train_dataset, tokenizer, fmt)
+        for sketches, _ in sketch_dataset_batches(
+            sketcher, examples, train_dataset, batch_size, "sketching training set", progress
+        ):
+            curvature.add(sketches)
     bundle = solve_bundle(
         sketcher.bound, curvature, eval_dataset, **options, feature_column=feature_column, progress=progress
     )

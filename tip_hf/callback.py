@@ -34,9 +34,9 @@ from .buyer import solve_bundle
 from .capture import GradientCapture
 from .curvature import CurvatureAccumulator
 from .errors import NonFiniteGradientError, TIPError
-from .examples import ExampleFormat, Examples, chunks, columns
+from .examples import ExampleFormat, chunks
 from .loss import IGNORE_INDEX
-from .sketcher import model_facts
+from .sketcher import model_examples
 from .spec import BoundSpec, ValuationSpec
 from .targets import unwrap_model
 
@@ -154,7 +154,7 @@ class TIPCallback(TrainerCallback):
             logger.warning("TIPCallback has no eval_dataset: it will accumulate curvature but write no query.")
             return
         fmt = ExampleFormat(max_length=self.max_length, feature_column=self.feature_column)
-        examples = Examples(self.spec, columns(self.eval_dataset), self.tokenizer, fmt, **model_facts(model, self.spec))
+        examples = model_examples(model, self.spec, self.eval_dataset, self.tokenizer, fmt)
         count = 0
         for lo, chunk in chunks(self.eval_dataset, 0, max(self.eval_batch_size, 256)):
             count += len(examples.rows(chunk, lo))

@@ -28,13 +28,12 @@ from .examples import (
     ExampleFormat,
     Examples,
     chunks,
-    columns,
     dense_example_id,
     example_id,
     is_map_style,
     text_example_id,
 )
-from .sketcher import GradientSketcher, mean_sketch, model_facts, sketch_batch
+from .sketcher import GradientSketcher, mean_sketch, model_examples, sketch_batch
 from .spec import BoundSpec, ValuationSpec
 from .store import MANIFEST, SketchStore, StoreWriter, read_shard_tensors
 from .store_dir import LOCK, main_process_lock, remove_if_empty, remove_store
@@ -118,7 +117,7 @@ def sketch_dataset(
     fmt = ExampleFormat(text_column, label_column, corpus_column, corpus, max_length, feature_column)
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
     spec = sketcher.spec  # a BoundSpec's spec
-    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
+    examples = model_examples(sketcher.model, spec, dataset, tokenizer, fmt)
     total = len(dataset) if is_map_style(dataset) else None
     if total == 0:
         raise DataError("The dataset is empty: there is nothing to value.")
@@ -131,7 +130,7 @@ def sketch_dataset(
             "Sketch with exactly the model the buyer published (same weights, config and adapters).",
         )
     source = {**examples.settings(), "num_rows": total, "shard_size": shard_size}
-    if tokenizer is not None and examples.settings()["text_column"] is not None:
+    if tokenizer is not None and source["text_column"] is not None:
         source["tokenizer_vocab"] = _tokenizer_digest(tokenizer)
     path = Path(output_dir) if output_dir is not None else _default_dir(fingerprint, source, dataset)
     header = {

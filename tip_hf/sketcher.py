@@ -19,7 +19,7 @@ from .loss import IGNORE_INDEX, per_example_loss
 from .spec import BoundSpec, ValuationSpec
 from .targets import unwrap_model
 
-__all__ = ["GradientSketcher", "mean_sketch", "model_facts", "sketch_batch"]
+__all__ = ["GradientSketcher", "mean_sketch", "model_examples", "model_facts", "sketch_batch", "sketch_dataset_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ class GradientSketcher:
         self._accepts_position_ids = _accepts(self.model, "position_ids")
         self._accepts_use_cache = _accepts(self.model, "use_cache")
         self._max_positions = _max_positions(self.model)
-        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        vocab = getattr(embeddings, "num_embeddings", None)
-        self._vocab_size = vocab if isinstance(vocab, int) else None
+        self._vocab_size = _vocab_size(self.model)
         self.last_losses = torch.zeros(0)  # per-example losses of the last sketched batch
 
     @property
@@ -249,6 +247,12 @@ def _accepts(model: nn.Module, argument: str) -> bool:
     return argument in params
 
 
+def _vocab_size(model: nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    return size if isinstance(size, int) else None
+
+
 def _max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
@@ -262,22 +266,34 @@ def _max_positions(model: nn.Module) -> int | None:
 def model_facts(model: nn.Module, spec: ValuationSpec) -> dict[str, Any]:
     """What :class:`Examples` checks rows against: positions, classes, vocabulary, pad id."""
     config = getattr(model, "config", None)
-    facts: dict[str, Any] = {"max_positions": None, "num_labels": None, "multi_label": False}
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            facts["max_positions"] = value
-            break
+    facts: dict[str, Any] = {"max_positions": _max_positions(model), "num_labels": None, "multi_label": False}
     if spec.task == "sequence_classification" and config is not None:
         num_labels = getattr(config, "num_labels", None)
         facts["num_labels"] = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
         facts["multi_label"] = getattr(config, "problem_type", None) == "multi_label_classification"
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    size = getattr(embeddings, "num_embeddings", None)
-    facts["vocab_size"] = size if isinstance(size, int) else None
+    facts["vocab_size"] = _vocab_size(model)
     pad = getattr(config, "pad_token_id", None)
     facts["pad_id"] = pad if isinstance(pad, int) else None
     return facts
+
+
+def model_examples(model: nn.Module, spec: ValuationSpec, dataset: Any, tokenizer: Any, fmt: ExampleFormat) -> Examples:
+    """How ``dataset``'s rows become examples for ``model``: checked against its classes,
+    vocabulary and positions (:func:`model_facts`)."""
+    return Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(model, spec))
+
+
+def sketch_dataset_batches(
+    sketcher: GradientSketcher, examples: Examples, dataset: Any, batch_size: int, desc: str, progress: bool
+) -> Iterator[tuple[torch.Tensor, list[dict[str, Any]]]]:
+    """``(sketches [n, k] on CPU, rows)`` per batch of a dataset, nothing written to disk,
+    with a progress bar: the buyer's eval mean and training curvature."""
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    with tqdm(total=size, unit="ex", desc=desc, disable=not progress) as bar:
+        for lo, chunk in chunks(dataset, 0, batch_size):
+            rows = examples.rows(chunk, lo)
+            yield sketch_batch(sketcher, examples, rows), rows
+            bar.update(len(rows))
 
 
 def sketch_batch(sketcher: GradientSketcher, examples: Examples, rows: list[dict[str, Any]]) -> torch.Tensor:
@@ -316,17 +332,14 @@ def mean_sketch(
     fmt = ExampleFormat(text_column, label_column, max_length=max_length, feature_column=feature_column)
     sketcher = GradientSketcher(model, spec, autocast_dtype=autocast_dtype)
     spec = sketcher.spec
-    examples = Examples(spec, columns(dataset), tokenizer, fmt, **model_facts(sketcher.model, spec))
+    examples = model_examples(sketcher.model, spec, dataset, tokenizer, fmt)
     total, count, loss_sum = torch.zeros(spec.proj_dim, dtype=torch.float64), 0, 0.0
-    size = len(dataset) if hasattr(dataset, "__len__") else None
-    with tqdm(total=size, unit="ex", desc="sketching eval set", disable=not progress) as bar:
-        for lo, chunk in chunks(dataset, 0, batch_size):
-            rows = examples.rows(chunk, lo)
-            sketches = sketch_batch(sketcher, examples, rows)
-            total += sketches.double().sum(0).cpu()
-            loss_sum += float(sketcher.last_losses.double().sum())
-            count += len(rows)
-            bar.update(len(rows))
+    for sketches, rows in sketch_dataset_batches(
+        sketcher, examples, dataset, batch_size, "sketching eval set", progress
+    ):
+        total += sketches.double().sum(0)
+        loss_sum += float(sketcher.last_losses.double().sum())
+        count += len(rows)
     if count == 0:
         raise DataError("The evaluation dataset is empty: there is no eval gradient to value against.")
     return total, count, loss_sum / count
