@@ -337,10 +337,9 @@ def merge_stores(
                 fix="Choose a new output_dir (or overwrite=True to replace a store there).",
                 cli_fix="Choose a new --out (or --overwrite to replace a store there).",
             )
-        read_manifest(out / MANIFEST)  # only a sketch store is replaced
-        for child in out.iterdir():
-            if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
-                child.unlink()
+        from .store_dir import remove_store  # store_dir imports this module
+
+        remove_store(out)  # only a sketch store is replaced
     header = {key: first.manifest[key] for key in ("tip_hf_version", "spec", "fingerprint", "projection", "proj_dim")}
     header["source"] = {"merged": [{"path": store.path.name, **store.manifest["source"]} for store in stores]}
     writer = StoreWriter.create(out, header)

@@ -70,11 +70,10 @@ def remove_if_empty(path: Path, created: bool) -> None:
         return
     with contextlib.suppress(OSError):
         if manifest is not None:
-            for child in path.iterdir():
-                if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest")):
-                    child.unlink()
-        for child in path.glob(".manifest*"):
-            child.unlink()
+            _unlink_store_files(path)
+        else:  # only an interrupted first manifest write can be ours here
+            for child in path.glob(".manifest*"):
+                child.unlink()
         if created and path.is_dir() and not any(p.name != LOCK for p in path.iterdir()):
             shutil.rmtree(path)
 
@@ -95,6 +94,11 @@ def remove_store(path: Path) -> None:
         raise refuse
     else:
         return
+    _unlink_store_files(path)
+
+
+def _unlink_store_files(path: Path) -> None:
+    """The files a sketch store consists of (manifest, shards, rank records, their temporaries)."""
     for child in path.iterdir():
         if child.name == MANIFEST or child.name.startswith(("shard-", ".shard-", ".manifest", RECORD_PREFIX)):
             child.unlink()
