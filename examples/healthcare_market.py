@@ -8,6 +8,9 @@ trains an MLP on its hospital; every seller is valued four ways:
 
 - **TIP influence**: the encrypted per-corpus value (mean of ``q . s_i`` over the seller's
   patients, ``q`` from the buyer's sketched eval gradient and sketched Fisher), decrypted;
+- **TIP recipe-aware**: the encrypted value under the buyer's declared recipe (full-batch SGD
+  at the realized learning rate for 1 / 3 / 10 / 30 steps: one query per length), i.e. the
+  predicted eval-loss drop of that fine-tune (:mod:`tip_hf.predictor`), decrypted;
 - **gradient cosine**: cosine of the exact mean gradients (eval vs seller), no sketch;
 - **raw-data cosine**: cosine of the mean standardised feature vectors;
 - **random**.
@@ -36,7 +39,7 @@ from assets import clinical_table
 from datasets import Dataset
 from market import MLPClassifier, parser, pearson, pyplot, save_figure, seed_everything, spearman, write_json
 
-from tip_hf import GradientSketcher, ValuationSpec, plaintext_values, sketch_dataset
+from tip_hf import GradientSketcher, Recipe, ValuationSpec, plaintext_values, sketch_dataset
 from tip_hf.curvature import CurvatureAccumulator, solve_query
 from tip_hf.dataset import mean_sketch
 from tip_hf.he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
@@ -48,7 +51,7 @@ PAPER = {  # the paper's reported |Pearson| / |Spearman| (50 replicates)
     "raw_data_cosine": {"pearson": 0.285, "spearman": 0.311},
     "random": {"pearson": 0.35, "spearman": 0.35},
 }
-METHODS = ["tip_influence", "tip_influence_fisher", "gradient_cosine", "raw_data_cosine", "random"]
+METHODS = ["tip_recipe", "tip_influence", "tip_influence_fisher", "gradient_cosine", "raw_data_cosine", "random"]
 REALIZED_STEPS = [1, 3, 10, 30]  # fine-tuning lengths at which the realized utility is read
 REALIZED_LR = 0.05
 LABS = ["TSH", "T3", "TT4", "T4U", "FTI"]
@@ -150,6 +153,8 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
         "buyer_fit": "300 full-batch Adam steps, lr 1e-2, on the buyer's training hospital",
         "realized": f"fine-tune all weights on the seller alone, full-batch SGD lr {REALIZED_LR}, "
         f"eval-loss drop after {REALIZED_STEPS} steps (headline: {REALIZED_STEPS[0]})",
+        "recipe": f"declared by the buyer per length: Recipe(learning_rate={REALIZED_LR}, steps=t) (full batch), "
+        "trust radius = eval loss / |eval gradient sketch|; identity query",
         "proj_dim": proj_dim,
         "damping": specs["tip_influence_fisher"].damping,
         "replicates": replicates,
@@ -180,12 +185,13 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
         )
         eval_rows = Dataset.from_dict({"features": ex.tolist(), "labels": ey.tolist()})
         scores: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+        recipe_scores: dict[int, dict[str, float]] = {}
         for method, spec in specs.items():
             # buyer: sketched eval gradient (and sketched Fisher of its training records) -> query
             sketcher = GradientSketcher(model, spec)
             curvature = CurvatureAccumulator(spec.proj_dim)
             curvature.add(sketcher.sketch({"features": bx, "labels": by}))
-            total, count, _ = mean_sketch(model, eval_rows, spec, feature_column="features", progress=False)
+            total, count, eval_loss = mean_sketch(model, eval_rows, spec, feature_column="features", progress=False)
             query = solve_query(curvature.matrix, total / count, spec.damping, spec.preconditioner).query
             # seller: sketches its hospitals with the published model, scores under the buyer's key
             store = sketch_dataset(
@@ -205,6 +211,15 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
             scale = max(abs(v) for v in plain_means.values())
             max_err = max(max_err, *(abs(decrypted[s] - plain_means[s]) / scale for s in sellers))
             scores[method] = {s: decrypted[s] for s in sellers}
+            if method == "tip_influence":  # identity query: values in eval-loss units, one recipe per length
+                radius = (eval_loss, float((total / count).norm()))
+                for steps in REALIZED_STEPS:
+                    recipe = Recipe(learning_rate=REALIZED_LR, steps=steps).with_trust_radius(*radius)
+                    enc_query = encrypt_query(query, keys, spec, fingerprint=store.fingerprint, recipe=recipe)
+                    result = score_encrypted(enc_query, store, keys.public, policy=policy, progress=False)
+                    recipe_scores[steps] = {
+                        str(r["corpus"]): float(r["sum"]) for r in decrypt_scores(result, keys).rows
+                    }
 
         g_eval = mean_gradient(model, ex, ey)
         mean_eval_x = groups[evaluation][columns].to_numpy().mean(0)
@@ -225,14 +240,20 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
                     "replicate": rep,
                     "seller": s,
                     **{f"realized_{t}": realized[t][s] for t in REALIZED_STEPS},
-                    **{m: scores[m][s] for m in METHODS},
+                    **{m: scores[m][s] for m in METHODS if m != "tip_recipe"},
+                    **{f"tip_recipe_{t}": recipe_scores[t][s] for t in REALIZED_STEPS},
                 }
             )
+
+        predicted = {
+            t: {m: [(recipe_scores[t] if m == "tip_recipe" else scores[m])[s] for s in sellers] for m in METHODS}
+            for t in REALIZED_STEPS
+        }
         correlations = {
             t: {
                 m: {
-                    "pearson": pearson([scores[m][s] for s in sellers], [realized[t][s] for s in sellers]),
-                    "spearman": spearman([scores[m][s] for s in sellers], [realized[t][s] for s in sellers]),
+                    "pearson": pearson(predicted[t][m], [realized[t][s] for s in sellers]),
+                    "spearman": spearman(predicted[t][m], [realized[t][s] for s in sellers]),
                 }
                 for m in METHODS
             }
@@ -250,7 +271,8 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
         )
         head = correlations[REALIZED_STEPS[0]]
         print(
-            f"replicate {rep + 1}/{replicates}: influence r={head['tip_influence']['pearson']:.3f} "
+            f"replicate {rep + 1}/{replicates}: recipe-aware r={head['tip_recipe']['pearson']:.3f} "
+            f"influence r={head['tip_influence']['pearson']:.3f} "
             f"gradient-cosine r={head['gradient_cosine']['pearson']:.3f}",
             flush=True,
         )
@@ -275,6 +297,12 @@ def run(quick: bool, out: Path, seed: int = 0, replicates: int | None = None, pr
         "influence_ci_above_gradient_cosine": bool(
             summary["tip_influence"]["pearson"]["ci_low"] > summary["gradient_cosine"]["pearson"]["ci_high"]
         ),
+        "recipe_ci_above_gradient_cosine_by_steps": {
+            t: bool(
+                by_steps[t]["tip_recipe"]["pearson"]["ci_low"] > by_steps[t]["gradient_cosine"]["pearson"]["ci_high"]
+            )
+            for t in REALIZED_STEPS
+        },
         "encrypted_vs_plaintext_max_rel_error": max_err,
         "fhe_seconds_per_record": fhe_seconds / max(fhe_count, 1),
         "seconds_total": time.perf_counter() - started,
@@ -304,6 +332,7 @@ def _figure(points: list[dict], by_steps: dict, path: Path) -> Path:
         ax.set_title(f"12 replicates, z-scored each; pooled Pearson {pooled:.3f}", fontsize=8)
     ax = axes[2]
     names = {
+        "tip_recipe": "TIP recipe-aware",
         "tip_influence": "TIP influence",
         "tip_influence_fisher": "TIP influence (Fisher)",
         "gradient_cosine": "gradient cosine",

@@ -199,3 +199,134 @@ def test_unsupported_settings_fail_loudly(tmp_path):
     for bad in ({"torch_compile": True}, {"label_smoothing_factor": 0.1}):
         with pytest.raises(TIPError, match=r"torch\.compile|label_smoothing_factor"):
             train(make_gpt2(), lm_rows(4), collate_lm, spec, tmp_path, 1, **bad)
+
+
+def curvature_of(sketches: torch.Tensor) -> torch.Tensor:
+    s = sketches.double()
+    return s.T @ s / len(s)
+
+
+def cls_spec(**overrides) -> ValuationSpec:
+    settings = {"targets": ["bert.encoder.layer.*.output.dense", "classifier"], "proj_dim": 64, "proj_factor": 8}
+    return ValuationSpec(task="sequence_classification", preconditioner="fisher", **{**settings, **overrides})
+
+
+def test_saturated_batches_are_skipped_not_fatal(tmp_path, caplog):
+    """p(label) == 1 in float32 for every example of a batch leaves nothing to read the loss
+    scale from: the batch is skipped (one warning), counted in summary.json, training goes on;
+    F holds the other batches' sketches, exactly."""
+    import json
+
+    model = make_bert()
+    with torch.no_grad():
+        model.classifier.bias[0] = 1e4  # class 0: p = 1 exactly; class 1: p = 0, a finite gradient
+    spec = cls_spec()
+    rows = [dict(r, label=i % 2) for i, r in enumerate(lm_rows(8, seed=8))]
+    with caplog.at_level("WARNING", logger="tip_hf"):
+        callback = train(model, rows, collate_cls, spec, tmp_path, 1, eval_rows=rows, per_device_train_batch_size=1)
+    assert caplog.text.count("saturated") == 1
+    summary = json.loads((tmp_path / "bundle" / "summary.json").read_text())
+    assert summary["skipped_batches"] == {"saturated": 4, "non_finite": 0}
+    assert summary["n_examples"] == 4 == callback.curvature.count
+    sketcher = GradientSketcher(model, spec)
+    reference = torch.cat([sketcher.sketch(collate_cls([r])) for r in rows[1::2]])
+    match(torch.cat(callback.sketches), reference)
+    expected = curvature_of(reference)
+    torch.testing.assert_close(callback.curvature.matrix, expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
+    # every batch saturated: nothing for the 'fisher' query to solve with; training still completes
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tip_hf"):
+        callback = train(
+            model, rows[::2], collate_cls, spec, tmp_path / "all", 1, eval_rows=rows, per_device_train_batch_size=1
+        )
+    assert callback.skipped == {"saturated": 4, "non_finite": 0} and callback.bundle is None
+    assert "no bundle is written" in caplog.text and not (tmp_path / "all" / "bundle").exists()
+
+
+class FrozenSGD(torch.optim.SGD):
+    """Leaves the weights alone even when a gradient is NaN (lr=0 SGD would write 0 * NaN)."""
+
+    def step(self, closure=None):
+        return None
+
+
+def test_non_finite_batch_is_skipped_not_fatal(tmp_path, caplog):
+    import json
+
+    from helpers import MLP
+
+    torch.manual_seed(0)
+    model = MLP()
+    spec = ValuationSpec(targets=["hidden", "classifier"], task="sequence_classification", proj_dim=16)
+    x, y = torch.randn(6, 12), torch.arange(6) % 3
+    x[2, 0] = float("nan")
+    eval_rows = Dataset.from_dict({"features": x[3:].tolist(), "labels": y[3:].tolist()})
+    callback = TIPCallback(spec, eval_rows, tmp_path / "bundle", feature_column="features", record_sketches=True)
+    args = tiny_training_args(tmp_path / "run", per_device_train_batch_size=1)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"features": x.tolist(), "labels": y.tolist()}),
+        callbacks=[callback],
+        optimizers=(FrozenSGD(model.parameters(), lr=0.0), None),
+    )
+    with caplog.at_level("WARNING", logger="tip_hf"):
+        trainer.train()
+    assert "NaN" in caplog.text
+    summary = json.loads((tmp_path / "bundle" / "summary.json").read_text())
+    assert summary["skipped_batches"] == {"saturated": 0, "non_finite": 1}
+    assert summary["n_examples"] == 5 and torch.isfinite(callback.curvature.matrix).all()
+
+
+def float_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    batch = collate_lm(rows)
+    batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+@pytest.mark.parametrize("head", ["regression", "multi_label_classification"])
+def test_callback_on_regression_and_multi_label_heads(tmp_path, head):
+    """Per-loss normaliser: MSE (one output) and BCE (multi-label) batches give the sketcher's
+    sketches, and F equals the brute-force mean of s s^T."""
+    gen = torch.Generator().manual_seed(9)
+    if head == "regression":
+        model = make_bert(labels=1)
+        labels = torch.randn(12, generator=gen).tolist()
+    else:
+        model = make_bert(labels=3)
+        model.config.problem_type = head
+        labels = (torch.rand(12, 3, generator=gen) > 0.5).float().tolist()
+    rows = [dict(r, label=label) for r, label in zip(lm_rows(12, seed=9), labels, strict=True)]
+    callback = train(model, rows, float_collate, cls_spec(), tmp_path, 2, eval_rows=rows[:4])
+    sketcher = GradientSketcher(model, cls_spec())
+    reference = torch.cat([sketcher.sketch(float_collate([r])) for r in rows])
+    match(torch.cat(callback.sketches), reference)
+    bundle = load_bundle(tmp_path / "bundle")
+    expected = curvature_of(reference)
+    torch.testing.assert_close(bundle.curvature, expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
+    assert bundle.summary["skipped_batches"] == {"saturated": 0, "non_finite": 0}
+
+
+def test_multi_output_regression_is_refused(tmp_path):
+    from tip_hf import TIPError
+
+    model = make_bert(labels=2)
+    model.config.problem_type = "regression"
+    rows = [dict(r, label=[0.5, -1.0]) for r in lm_rows(4)]
+    with pytest.raises(TIPError, match="regression"):
+        train(model, rows, float_collate, cls_spec(), tmp_path, 1)
+
+
+def test_left_padded_training_batches_warn(tmp_path, caplog):
+    def collate_left(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate_lm([dict(input_ids=r["input_ids"][::-1]) for r in rows])
+        return {key: value.flip(1) for key, value in batch.items()}
+
+    spec = ValuationSpec(targets=GPT2_TARGETS, proj_dim=16, proj_factor=8)
+    with caplog.at_level("WARNING", logger="tip_hf"):
+        train(make_gpt2(), lm_rows(8, seed=10), collate_left, spec, tmp_path, 1)
+    assert caplog.text.count("left-padded") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tip_hf"):
+        train(make_gpt2(), lm_rows(8, seed=10), collate_lm, spec, tmp_path, 1)
+    assert "left-padded" not in caplog.text

@@ -96,3 +96,50 @@ def test_cuda_equals_cpu():
     cpu = sketcher(model).sketch(batch)
     gpu = sketcher(make_gpt2().cuda()).sketch({k: v.cuda() for k, v in batch.items()}).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item())
+
+
+def gpt2_classifier(pad: int | None):
+    """GPT-2 sequence classifier: it pools the last token that is not ``config.pad_token_id``."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=97, num_labels=3,
+                        eos_token_id=96, pad_token_id=pad, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return GPT2ForSequenceClassification(config).eval()
+
+
+def test_pretokenised_rows_are_padded_with_the_models_pad_id(tmp_path):
+    """No tokenizer: padding with id 0 (a real token here) would move GPT-2's pooled token onto
+    padding, so a sketch would depend on its batch-mates. Padded with config.pad_token_id, batch
+    size 1 and 6 agree, for stores and for the eval mean."""
+    from datasets import Dataset
+
+    from tip_hf import sketch_dataset
+    from tip_hf.sketcher import mean_sketch, model_examples
+    from tip_hf.spec import ExampleFormat
+
+    model = gpt2_classifier(pad=96)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 12, (6,), generator=gen).tolist()
+    rows = [
+        {"input_ids": torch.randint(1, 96, (n,), generator=gen).tolist(), "label": i % 3} for i, n in enumerate(lengths)
+    ]
+    data = Dataset.from_list(rows)
+    spec = ValuationSpec(targets=["transformer.h.*.mlp.*", "score"], proj_dim=64, proj_factor=8,
+                         task="sequence_classification")  # fmt: skip
+    one = sketch_dataset(model, data, spec, tmp_path / "one", batch_size=1, progress=False).sketches().double()
+    six = sketch_dataset(model, data, spec, tmp_path / "six", batch_size=6, progress=False).sketches().double()
+    assert ((one - six).norm(dim=1) / one.norm(dim=1)).max().item() < 1e-5
+    (sum1, n1, loss1), (sum6, n6, loss6) = (
+        mean_sketch(model, data, spec, batch_size=b, progress=False) for b in (1, 6)
+    )
+    assert n1 == n6 == 6 and loss6 == pytest.approx(loss1, rel=1e-6)
+    assert ((sum1 - sum6).norm() / sum1.norm()).item() < 1e-5
+
+    class Tokenizer:  # a tokenizer whose pad id is not the model's: the model's is what it reads
+        pad_token_id = 5
+
+    examples = model_examples(model, spec, data, Tokenizer(), ExampleFormat())
+    assert examples.pad_id == 96
+    assert model_examples(gpt2_classifier(pad=None), spec, data, Tokenizer(), ExampleFormat()).pad_id == 5
+    assert model_examples(gpt2_classifier(pad=None), spec, data, None, ExampleFormat()).pad_id == 0

@@ -33,12 +33,15 @@ _EXPORTS = {
     "plaintext_values": "values",
     "load_corpus": "data",
     "example_ids_by_corpus": "data",
+    "Recipe": "recipe",
+    "realized_drop": "realized",
 }
 
 __all__ = [
     "Bundle",
     "GradientSketcher",
     "NonFiniteGradientError",
+    "Recipe",
     "SketchStore",
     "SpecMismatchError",
     "StoreCorruptedError",
@@ -54,6 +57,7 @@ __all__ = [
     "load_bundle",
     "load_corpus",
     "plaintext_values",
+    "realized_drop",
     "sketch_dataset",
 ]
 
@@ -64,6 +68,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import example_ids_by_corpus, load_corpus
     from .dataset import sketch_dataset
     from .errors import NonFiniteGradientError, SpecMismatchError, StoreCorruptedError, TargetError, TIPError
+    from .realized import realized_drop
+    from .recipe import Recipe
     from .sketcher import GradientSketcher
     from .spec import ValuationSpec
     from .store import SketchStore

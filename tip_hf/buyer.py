@@ -41,7 +41,8 @@ def solve_bundle(
         "proj_dim": spec.proj_dim,
         "preconditioner": spec.preconditioner,
         "damping_relative": spec.damping,
-        "damping_lambda": solution.damping,
+        "damping_lambda": solution.damping,  # as used: raised against a rank-deficient F (solve_query)
+        "curvature_rank": solution.rank,
         "eigenvalue_min": solution.eigenvalues[0],
         "eigenvalue_max": solution.eigenvalues[1],
         "query_norm": float(solution.query.norm()),

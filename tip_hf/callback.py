@@ -9,10 +9,16 @@ The Trainer differentiates a *batch* loss (token mean over the whole batch, divi
 ``num_items_in_batch`` under gradient accumulation, scaled by a GradScaler under fp16, ...);
 a sketch is the gradient of one example's *own* mean loss. The conversion is measured, not
 assumed: a gradient hook on the logits reads the batch-loss normaliser ``Z`` off
-``dL/dlogit[label] = (p_label - 1) / Z`` (least squares over the labelled positions), and
-example ``i``'s sketch is scaled by ``Z / n_i`` (``n_i`` = its target-token count; 1 for
-classification). Callback sketches therefore equal :class:`GradientSketcher` sketches of
-the same example and weights, whatever the Trainer's loss normalisation.
+``dL/dlogit = a / Z``, where ``a`` is the gradient of each example's own loss at its logits
+(cross-entropy: ``p_label - 1``; one-output MSE: ``2 (x - y)``; multi-label BCE:
+``(sigmoid(x) - y) / C``; least squares over the labelled entries), and example ``i``'s
+sketch is scaled by ``Z / n_i`` (``n_i`` = its target-token count; 1 for classification).
+Callback sketches therefore equal :class:`GradientSketcher` sketches of the same example and
+weights, whatever the Trainer's loss normalisation.
+
+The callback never stops training: a batch whose scale cannot be read (every ``a`` is zero in
+float32: p(label) rounds to 1, or an exact fit) or whose sketches are NaN/Inf is left out of
+``F``, logged once per kind and counted in ``summary.json`` (``skipped_batches``).
 
 At the end of training the main process sketches ``eval_dataset``, solves
 ``q = (F + lambda I)^-1 g`` (or ``q = g``) and writes the buyer bundle (:mod:`tip_hf.bundle`).
@@ -33,7 +39,7 @@ from .bundle import Bundle, write_bundle
 from .buyer import solve_bundle
 from .capture import GradientCapture
 from .curvature import CurvatureAccumulator
-from .errors import NonFiniteGradientError, TIPError
+from .errors import TIPError
 from .examples import ExampleFormat, chunks
 from .loss import IGNORE_INDEX
 from .sketcher import model_examples
@@ -60,6 +66,10 @@ class TIPCallback(TrainerCallback):
         tokenizer, eval_batch_size, max_length: for sketching ``eval_dataset``.
         feature_column: dense inputs (an MLP's features, ``pixel_values``) instead of tokens:
             the model keyword (and eval-set column) that holds them; classification only.
+
+    Attributes:
+        skipped: training batches left out of ``F`` by kind (``saturated``: no loss gradient to
+            read the scale from; ``non_finite``: NaN/Inf sketches), also in ``summary.json``.
     """
 
     def __init__(
@@ -95,6 +105,8 @@ class TIPCallback(TrainerCallback):
         self._bound: BoundSpec | None = None
         self._active = False
         self._pending: dict[str, Any] | None = None
+        self.skipped = {"saturated": 0, "non_finite": 0}  # training batches left out of F
+        self._warned: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_train_begin(
@@ -144,6 +156,16 @@ class TIPCallback(TrainerCallback):
                 f"The spec's task is {self.spec.task!r} but the model is a {kind}.",
                 fix=f"Use ValuationSpec(task={other!r}) for this model.",
             )
+        config = getattr(model, "config", None)
+        num_labels = getattr(config, "num_labels", 1)
+        if self.spec.task == "sequence_classification" and getattr(config, "problem_type", None) == "regression":
+            if isinstance(num_labels, int) and num_labels > 1:
+                raise TIPError(
+                    f"The model is a {num_labels}-output regression (problem_type='regression'); tip_hf's "
+                    "per-example loss for float targets of several outputs is multi-label BCE, not the model's MSE, "
+                    "so its sketches would not be the gradients the model trains on.",
+                    fix="Value a one-output regression head (num_labels=1) or a multi-label classifier.",
+                )
         out = Path(self.output_dir)
         if out.exists() and not out.is_dir():
             raise TIPError(f"TIPCallback's output_dir '{out}' is a file.", fix="Pass a directory for the bundle.")
@@ -190,10 +212,21 @@ class TIPCallback(TrainerCallback):
         self._finish_batch()
         self._remove_hooks()
         self.curvature.all_reduce()  # collective: every rank
+        self.skipped = _all_reduce_counts(self.skipped)  # collective: every rank
         if not state.is_world_process_zero:
+            return
+        if self.curvature.count == 0 and self.spec.preconditioner != "identity" and self.eval_dataset is not None:
+            logger.error(
+                "TIPCallback accumulated no training sketches (skipped batches: %s), so the %r query has no "
+                "curvature to solve with; no bundle is written. Check every_n_steps / last_epoch_only / "
+                "max_examples, or use preconditioner='identity'.",
+                self.skipped,
+                self.spec.preconditioner,
+            )
             return
         self.bundle = self.build_bundle()
         if self.bundle is not None:
+            self.bundle.summary["skipped_batches"] = dict(self.skipped)
             write_bundle(self.output_dir, self.bundle)
             logger.info("TIP buyer bundle written to %s", self.output_dir)
 
@@ -232,6 +265,14 @@ class TIPCallback(TrainerCallback):
                 return
             mask = kwargs.get("attention_mask")
             mask = torch.ones_like(input_ids) if mask is None else mask
+            if "left_padding" not in self._warned and _left_padded(mask):
+                self._warn_once(
+                    "left_padding",
+                    "TIPCallback: the training batches are left-padded (an attention_mask row starts with 0). The "
+                    "model's own forward then sees each example at shifted positions, so the curvature F it "
+                    "records differs from GradientSketcher's (right-padded) sketches of the same examples. Pad "
+                    "on the right for training (tokenizer.padding_side = 'right').",
+                )
         capture.begin(mask)
         self._pending = {"labels": labels.detach(), "mask": mask.detach(), "normaliser": None}
 
@@ -248,7 +289,7 @@ class TIPCallback(TrainerCallback):
         logits_detached = logits.detach()
 
         def read_normaliser(grad: torch.Tensor) -> None:
-            pending["normaliser"] = _loss_normaliser(logits_detached, grad, pending["labels"], self.spec.task)
+            pending["normaliser"] = _loss_fit(logits_detached, grad, pending["labels"], self.spec.task)
 
         logits.register_hook(read_normaliser)
 
@@ -267,13 +308,41 @@ class TIPCallback(TrainerCallback):
                 "cannot convert the Trainer's batch loss to per-example losses. Is the loss computed by the "
                 "model from `outputs.logits` (no custom compute_loss)?"
             )
-        scale = pending["normaliser"] / _examples_terms(pending["labels"], pending["mask"], self.spec.task)
+        aa, ag = pending["normaliser"]
+        if bool(aa == 0):
+            self._skip(
+                "saturated",
+                "TIPCallback skipped a saturated training batch: every example's loss gradient at the logits is "
+                "zero in float32 (p(label) rounds to 1, or an exact fit), so the batch loss's scale cannot be read "
+                "off it (and the sketches are numerically zero).",
+            )
+            return
+        scale = (aa / ag) / _examples_terms(pending["labels"], pending["mask"], self.spec.task)
         sketches = capture.projection.fold(z * scale[:, None].to(z.device, z.dtype))
-        if not torch.isfinite(sketches).all():
-            raise NonFiniteGradientError("A training batch produced NaN/Inf gradient sketches (fp16 overflow?).")
+        if not bool(torch.isfinite(sketches).all()):
+            self._skip(
+                "non_finite",
+                "TIPCallback skipped a training batch whose gradient sketches are NaN or Inf (fp16 overflow, or "
+                "NaN in the inputs or weights?).",
+            )
+            return
         self.curvature.add(sketches)
         if self.record_sketches:
             self.sketches.append(sketches.detach().cpu())
+
+    def _skip(self, kind: str, message: str) -> None:
+        """Leave a batch out of F instead of stopping the user's training; count it by kind."""
+        self.skipped[kind] += 1
+        self._warn_once(
+            kind,
+            f"{message} It is left out of F and counted in the bundle's summary.json (skipped_batches); "
+            "further such batches are not logged.",
+        )
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message)
 
     # -- end of training -----------------------------------------------------------------
     def build_bundle(self, model: nn.Module | None = None) -> Bundle | None:
@@ -320,21 +389,53 @@ def _examples_terms(labels: torch.Tensor, mask: torch.Tensor, task: str) -> torc
     return torch.ones(labels.shape[0], dtype=torch.float64, device=labels.device)
 
 
-def _loss_normaliser(
-    logits: torch.Tensor, grad: torch.Tensor, labels: torch.Tensor, task: str, positions: int = 256
-) -> torch.Tensor:
-    """``Z`` with ``dL/dlogit[label] = (p_label - 1) / Z`` at every labelled position.
+def _left_padded(mask: torch.Tensor) -> bool:
+    """Some row starts with padding but has real tokens (a left-padding collator)."""
+    return mask.dim() == 2 and mask.shape[1] > 0 and bool(((mask[:, 0] == 0) & (mask != 0).any(1)).any())
 
-    The relation is exact at each position, so a least-squares fit over the first
+
+def _all_reduce_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Sum integer counters over ranks (collective: call it on every rank)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return counts
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    packed = torch.tensor([float(v) for v in counts.values()], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(packed)
+    return {key: round(v) for key, v in zip(counts, packed.cpu().tolist(), strict=True)}
+
+
+def _loss_fit(
+    logits: torch.Tensor, grad: torch.Tensor, labels: torch.Tensor, task: str, positions: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a.a, a.g)`` (float64 scalars) for the batch-loss normaliser ``Z = a.a / a.g``, where
+    ``g = dL/dlogits`` of the Trainer's batch loss and ``a`` is the gradient of each example's
+    own loss (:func:`tip_hf.loss.per_example_loss`; per token for causal LM) at the same entries.
+
+    ``g = a / Z`` holds exactly at every entry, so a least-squares fit over the first
     ``positions`` labelled positions is as good as all of them, at a tiny fraction of a
-    softmax over the whole batch.
+    softmax over the whole batch. ``a.a == 0``: every example's loss gradient is zero (no scale
+    to read); NaN: non-finite logits or gradients.
     """
     with torch.no_grad():
+        if task == "sequence_classification" and logits.dim() == 2:
+            n, classes = logits.shape
+            x = logits.float()
+            if labels.is_floating_point() and labels.shape == logits.shape and classes > 1:  # multi-label BCE
+                a, g = (torch.sigmoid(x) - labels.float()) / classes, grad.float()
+                return _dots(a, g)
+            if classes == 1 and labels.numel() == n:  # one-output regression: squared error
+                a, g = 2 * (x[:, 0] - labels.reshape(n).float()), grad[:, 0].float()
+                return _dots(a, g)
         if task == "causal_lm":
             logits, grad, labels = logits[:, :-1], grad[:, :-1], labels[:, 1:]
         index = (labels != IGNORE_INDEX).nonzero()[:positions].unbind(1)
         rows, picked = logits[index].float(), labels[index].long()
         p_label = torch.exp(rows.gather(1, picked[:, None])[:, 0] - torch.logsumexp(rows, dim=1))
         g_label = grad[index].float().gather(1, picked[:, None])[:, 0]
-        a = (p_label - 1).double()
-        return (a * a).sum() / (a * g_label.double()).sum()
+        return _dots(p_label - 1, g_label)
+
+
+def _dots(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, g = a.double().flatten(), g.double().flatten()
+    return (a * a).sum(), (a * g).sum()

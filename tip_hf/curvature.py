@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CurvatureAccumulator", "solve_query"]
+__all__ = ["MIN_DAMPING_TO_NONZERO_MEAN", "CurvatureAccumulator", "Solution", "solve_query"]
 
 
 class CurvatureAccumulator:
@@ -39,30 +40,60 @@ class CurvatureAccumulator:
         return self.sum / self.count
 
 
+# Against a rank-deficient F, lambda is at least this fraction of F's mean *nonzero* eigenvalue
+# (trace(F) / rank(F)), so cond(F + lambda I) <= 1 + rank / MIN: F's null space is an artefact of
+# too few training sketches, and a query amplified ~1/lambda along it would be noise. Default
+# settings stay clear of it (damping 0.1 reaches it only with k > 100 x rank).
+MIN_DAMPING_TO_NONZERO_MEAN = 1e-3
+
+
 @dataclass
 class Solution:
     query: torch.Tensor  # [k] float64
-    damping: float  # absolute lambda
+    damping: float  # absolute lambda, as used
     eigenvalues: tuple[float, float]  # (min, max) of F
+    rank: int | None = None  # numerical rank of F (None: no F)
 
 
 def solve_query(
     curvature: torch.Tensor | None, gradient: torch.Tensor, damping: float, preconditioner: str
 ) -> Solution:
     """``q = (F + lambda I)^-1 g`` with ``lambda = damping * trace(F) / k`` (Cholesky), or
-    ``q = g`` for the identity preconditioner (``F`` is still reported when given)."""
+    ``q = g`` for the identity preconditioner (``F`` is still reported when given).
+
+    When ``F`` is rank-deficient (fewer training sketches than ``k``) and that ``lambda`` is
+    below ``MIN_DAMPING_TO_NONZERO_MEAN`` times the mean nonzero eigenvalue ``trace(F) / rank``,
+    ``lambda`` is raised to it (a ``RuntimeWarning`` states the value; :attr:`Solution.damping`
+    reports it): ``trace(F) / k`` averages in the zero eigenvalues, so a small relative damping
+    would leave ``q`` ~ ``g / lambda`` along the null space, orders of magnitude above the rest.
+    """
     g = gradient.to(torch.float64)
     if curvature is None:
         if preconditioner != "identity":
             raise ValueError("The 'fisher' preconditioner needs a curvature matrix.")
         return Solution(g.clone(), 0.0, (float("nan"), float("nan")))
     f = curvature.to(torch.float64)
+    k = f.shape[0]
     eig = torch.linalg.eigvalsh(f)
-    lam = damping * float(torch.trace(f)) / f.shape[0]
+    top = float(eig[-1])
+    rank = int((eig > max(top, 0.0) * k * torch.finfo(torch.float64).eps).sum())
+    lam = damping * float(torch.trace(f)) / k
+    extremes = (float(eig[0]), top)
     if preconditioner == "identity":
-        return Solution(g.clone(), lam, (float(eig[0]), float(eig[-1])))
+        return Solution(g.clone(), lam, extremes, rank)
     if lam <= 0:
         raise ValueError("The curvature has zero trace: every training sketch was zero.")
-    chol = torch.linalg.cholesky(f + lam * torch.eye(f.shape[0], dtype=torch.float64))
+    floor = MIN_DAMPING_TO_NONZERO_MEAN * float(torch.trace(f)) / max(rank, 1)
+    if rank < k and lam < floor:
+        warnings.warn(
+            f"The curvature F has rank {rank} of {k} (fewer training sketches than k?): damping {damping:g} * "
+            f"trace(F)/k = {lam:.3g} would amplify the query ~{top / lam:.0e}x along F's null space. Using "
+            f"lambda = {floor:.3g} ({MIN_DAMPING_TO_NONZERO_MEAN:g} x F's mean nonzero eigenvalue, trace(F)/rank) "
+            "instead; accumulate more training examples than k, lower proj_dim or raise damping.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        lam = floor
+    chol = torch.linalg.cholesky(f + lam * torch.eye(k, dtype=torch.float64))
     q = torch.cholesky_solve(g[:, None], chol)[:, 0]
-    return Solution(q, lam, (float(eig[0]), float(eig[-1])))
+    return Solution(q, lam, extremes, rank)

@@ -206,22 +206,25 @@ class _Job:
             disable=not self.progress or rank != 0,
         )
 
-    def _sketch_rows(self, rows: list[dict[str, Any]], bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sketches ``[n, k]`` (CPU) and ids ``[n, 32]`` of one shard's rows, ``batch_size`` at a time."""
-        parts = []
+    def _sketch_rows(self, rows: list[dict[str, Any]], bar: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sketches ``[n, k]`` (CPU), ids ``[n, 32]`` and losses ``[n]`` of one shard's rows,
+        ``batch_size`` at a time."""
+        parts, losses = [], []
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b : b + self.batch_size]
             parts.append(sketch_batch(self.sketcher, self.examples, batch))
+            losses.append(self.sketcher.last_losses.float().reshape(-1))
             bar.update(len(batch))
-        return torch.cat(parts), torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+        ids = torch.tensor([list(r["id"]) for r in rows], dtype=torch.uint8)
+        return torch.cat(parts), ids, torch.cat(losses)
 
     def _sketch_in_order(self, writer: StoreWriter) -> SketchStore:
         with self._bar(writer.next_start) as bar:
             for lo, chunk in chunks(self.dataset, writer.next_start, self.shard_size):
                 rows = self.examples.rows(chunk, lo)
-                sketches, ids = self._sketch_rows(rows, bar)
+                sketches, ids, losses = self._sketch_rows(rows, bar)
                 codes = torch.tensor([writer.corpus_code(r["corpus"]) for r in rows], dtype=torch.int32)
-                writer.append(sketches, ids, codes)
+                writer.append(sketches, ids, codes, losses)
         if writer.next_start == 0:
             raise DataError("The dataset is empty: there is nothing to value.")
         writer.finish()
@@ -242,8 +245,8 @@ class _Job:
         with self._bar(sum(int(e["count"]) for e in plan.done_entries), rank, world) as bar:
             for lo, chunk in todo:
                 rows = self.examples.rows(chunk, lo)
-                sketches, ids = self._sketch_rows(rows, bar)
-                plan.write(lo // size, sketches, ids, [r["corpus"] for r in rows], self.header["fingerprint"])
+                sketches, ids, losses = self._sketch_rows(rows, bar)
+                plan.write(lo // size, sketches, ids, [r["corpus"] for r in rows], self.header["fingerprint"], losses)
                 rows_seen = max(rows_seen, lo + len(rows))
         total = self.total
         if total is None:  # a stream's length: the furthest row any rank saw

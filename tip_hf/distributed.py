@@ -81,12 +81,18 @@ class ShardPlan:
         return (j for j in range((total + self.shard_size - 1) // self.shard_size) if self.wanted(j))
 
     def write(
-        self, index: int, sketches: torch.Tensor, ids: torch.Tensor, corpus: list[str], fingerprint: str
+        self,
+        index: int,
+        sketches: torch.Tensor,
+        ids: torch.Tensor,
+        corpus: list[str],
+        fingerprint: str,
+        losses: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """Write shard ``index`` with shard-local corpus codes and record it (atomically)."""
         table: dict[str, int] = {}
         codes = torch.tensor([table.setdefault(name, len(table)) for name in corpus], dtype=torch.int32)
-        entry = write_shard(self.path, index, index * self.shard_size, fingerprint, sketches, ids, codes)
+        entry = write_shard(self.path, index, index * self.shard_size, fingerprint, sketches, ids, codes, losses)
         entry["corpora"] = list(table)  # local code -> name; the merge maps them to one table
         self.mine.append(entry)
         atomic_write(self.record_path, (json.dumps({"shards": self.mine}, indent=1) + "\n").encode())
@@ -128,6 +134,7 @@ def merge_rank_records(path: Path, manifest: dict[str, Any], total: int | None) 
                     tensors["sketches"],
                     tensors["ids"],
                     remapped,
+                    tensors.get("losses"),
                 )
         merged.append(entry)
     corpora = sorted(codes, key=codes.__getitem__)

@@ -83,8 +83,8 @@ class Examples:
         num_labels, multi_label: the model's classes (``num_labels == 1``: regression); when
             given, labels are checked against them.
         vocab_size: the model's vocabulary; when given, token ids are checked against it.
-        pad_id: the id to pad with when the tokenizer has none (the model's
-            ``config.pad_token_id``); padding is masked, but some heads locate the last token by it.
+        pad_id: the id to pad with (the model's ``config.pad_token_id``; else the tokenizer's,
+            else 0): padding is masked, but some heads locate the last token by it.
         tokenise: False when only ids are wanted (:meth:`ids` needs no tokenizer).
     """
 
@@ -108,8 +108,10 @@ class Examples:
         self.vocab_size = vocab_size
         names = list(columns)
         self.pretokenised = "input_ids" in names and fmt.feature_column is None
+        # The model's pad id first: a head that pools "the last non-pad token" (GPT-2's) reads
+        # config.pad_token_id, so padding with any other id would make sketches batch-dependent.
         tokenizer_pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(tokenizer_pad) if tokenizer_pad is not None else int(pad_id or 0)
+        self.pad_id = pad_id if pad_id is not None else int(tokenizer_pad) if tokenizer_pad is not None else 0
         if fmt.feature_column is not None:
             if fmt.feature_column not in names:
                 raise ColumnError(
@@ -231,7 +233,7 @@ class Examples:
                 tt = None if tt is None else list(tt.tolist() if hasattr(tt, "tolist") else tt)
                 if tt is not None and (len(tt) != len(ids) or not all(is_int(t) and 0 <= t < 2**31 for t in tt)):
                     raise DataError(f"Example {row}: `token_type_ids` must be small integers, one per input id.")
-                if isinstance(label, list) and len(label) != len(ids):
+                if self.spec.task == "causal_lm" and isinstance(label, list) and len(label) != len(ids):
                     raise DataError(
                         f"Example {row} has {len(label)} token labels for {len(ids)} input ids; causal-LM labels "
                         "must have one entry per input id (-100 to ignore)."

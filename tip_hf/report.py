@@ -58,17 +58,17 @@ def _zscores(xs: list[float]) -> list[float]:
 
 
 SCALES = (
-    "Predicted value and realized drop are in different units, so only their ranking is comparable: a "
-    "predicted value is first-order influence q · s, the inner product of the buyer's query with an "
-    "example's gradient sketch (units set by the sketch and the preconditioner), while a realized drop is "
-    "the decrease of the buyer's eval loss, in nats, after fine-tuning its model on the corpus alone."
+    "A predicted value is the eval-loss drop (nats) the buyer's declared fine-tuning recipe would bring, "
+    "from the linearised model with the corpus's own curvature, shortened to the buyer's trust radius; a "
+    "realized drop is the decrease of the buyer's eval loss, in nats, after actually fine-tuning its model "
+    "on the corpus alone. The prediction is a ranking signal more than a number: compare ranks."
 )
 
 
 def _paired_zbars(ax: Any, rows: list[dict[str, Any]]) -> None:
     """Per corpus (top to bottom as ranked), predicted value and realized drop as z-scores,
     each bar labelled with its raw number."""
-    values = [r["value_mean"] for r in rows]
+    values = [r["value"] for r in rows]
     drops = [r["realized_eval_loss_drop"] for r in rows]
     y = list(range(len(rows)))[::-1]
     pairs = (
@@ -105,9 +105,9 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
     _value_bars(
         left,
         [r["corpus"] for r in rows],
-        [r["value_mean"] for r in rows],
+        [r["value"] for r in rows],
         "Encrypted valuation (decrypted by the buyer)",
-        "predicted value per example, q · s (first-order influence)",
+        "predicted eval-loss drop under the buyer's fine-tuning recipe (nats)",
     )
     _paired_zbars(right, rows)
     right.set_title(f"Predicted vs realized, as z-scores: Spearman {result.spearman:.2f}")
@@ -125,19 +125,20 @@ def write_demo_report(out: Path, result: Any, config: Any, summary: dict[str, An
             "corpus": r["corpus"],
             "examples": r["count"],
             "distinct": r.get("distinct", r["count"]),
-            "value / example (encrypted)": r["value_mean"],
-            "plaintext": r["plaintext_mean"],
+            "predicted drop (encrypted)": r["value"],
+            "plaintext": r["plaintext_value"],
+            "first-order / example": r["first_order_mean"],
             "realized eval-loss drop": r["realized_eval_loss_drop"],
             "realized rank": r["realized_rank"],
         }
         for r in rows
     ]
-    max_err = max(abs(r["value_mean"] - r["plaintext_mean"]) for r in rows)
+    max_err = max(abs(r["value"] - r["plaintext_value"]) for r in rows)
     if result.dp:
         privacy = (
             f"Differential privacy (seller's default): epsilon {result.dp['epsilon']:.3g}, delta "
-            f"{result.dp['delta']:.1g} per example; noise std per value/example up to "
-            f"{max(r.get('noise_std_mean', 0.0) for r in rows):.3g}. Without DP noise and clipping the "
+            f"{result.dp['delta']:.1g} per example; noise std per value up to "
+            f"{max(r.get('noise_std', 0.0) for r in rows):.3g}. Without DP noise and clipping the "
             f"ranking would give Spearman {result.spearman_noiseless:.3f}."
         )
     else:
@@ -156,6 +157,8 @@ corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, 
 measured and averaged over {config.realized_repeats} training seeds.
 
 **Rank agreement, predicted vs realized: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}.**
+First-order influence (per-example mean, no recipe, noiseless) ranks them with Spearman
+{result.spearman_first_order:.3f}.
 {SCALES} The figure shows both as z-scores.
 Encrypted vs the plaintext of what was scored: max |difference| {max_err:.2e} (DP noise + CKKS flooding).
 

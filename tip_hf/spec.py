@@ -47,7 +47,10 @@ class ValuationSpec:
     )
     damping: float = field(
         default=0.1,
-        metadata={"help": "Fisher damping, relative: lambda = damping * trace(F) / k."},
+        metadata={
+            "help": "Fisher damping, relative: lambda = damping * trace(F) / k (raised to 1e-3 x the mean "
+            "nonzero eigenvalue, with a warning, when F is rank-deficient and lambda is below that)."
+        },
     )
     preconditioner: Literal["identity", "fisher"] = field(
         default="identity",

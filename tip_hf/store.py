@@ -56,6 +56,7 @@ class Shard:
     sketches: torch.Tensor  # [n, k] float32
     ids: torch.Tensor  # [n, 32] uint8 (SHA-256 content hashes)
     corpus_codes: torch.Tensor  # [n] int32 codes into SketchStore.corpora (the corpus names)
+    losses: torch.Tensor | None = None  # [n] float32 per-example losses (None in stores before 0.3)
 
     @property
     def corpus(self) -> torch.Tensor:
@@ -113,9 +114,11 @@ class SketchStore:
         ids: list[bytes] | None = None,
         shard_size: int = 4096,
         source: dict[str, Any] | None = None,
+        losses: torch.Tensor | None = None,
     ) -> SketchStore:
         """Write sketches you already have (``[N, k]``) as a store: for sketches from another
-        pipeline, for tests and benchmarks. ``ids`` default to hashes of the row index."""
+        pipeline, for tests and benchmarks. ``ids`` default to hashes of the row index;
+        ``losses`` (``[N]``, optional) are the examples' losses the recipe predictor weighs by."""
         sketches = torch.as_tensor(sketches, dtype=torch.float32)
         if sketches.dim() != 2 or sketches.shape[1] != spec.proj_dim or len(corpus_labels) != len(sketches):
             raise ValueError(
@@ -140,6 +143,7 @@ class SketchStore:
                 sketches[lo : lo + shard_size],
                 torch.tensor([list(d) for d in digests], dtype=torch.uint8),
                 torch.tensor([writer.corpus_code(str(corpus_labels[i])) for i in rows], dtype=torch.int32),
+                None if losses is None else torch.as_tensor(losses)[lo : lo + shard_size],
             )
         writer.finish()
         return cls(path)
@@ -202,7 +206,7 @@ class SketchStore:
         path = self.path / entry["file"]
         tensors = load_shard(path, entry)
         check_tensors(path, tensors, entry["count"], self.proj_dim, len(self.manifest["corpora"]))
-        return Shard(entry["start"], tensors["sketches"], tensors["ids"], tensors["corpus"])
+        return Shard(entry["start"], tensors["sketches"], tensors["ids"], tensors["corpus"], tensors.get("losses"))
 
     def shards(self) -> Iterator[Shard]:
         """Stream the shards in order, each checked against its checksum."""
@@ -269,7 +273,9 @@ class StoreWriter:
             corpora.append(label)
         return self._codes[label]
 
-    def append(self, sketches: torch.Tensor, ids: torch.Tensor, corpus: torch.Tensor) -> None:
+    def append(
+        self, sketches: torch.Tensor, ids: torch.Tensor, corpus: torch.Tensor, losses: torch.Tensor | None = None
+    ) -> None:
         """Write one shard atomically, then record it in the manifest."""
         entry = write_shard(
             self.path,
@@ -279,6 +285,7 @@ class StoreWriter:
             sketches,
             ids,
             corpus,
+            losses,
         )
         self.manifest["shards"].append(entry)
         self.manifest["num_examples"] = self.next_start
@@ -347,6 +354,6 @@ def merge_stores(
         names = store.corpora
         for shard in store.shards():  # checksummed as read
             codes = torch.tensor([writer.corpus_code(names[c]) for c in shard.corpus_codes.tolist()], dtype=torch.int32)
-            writer.append(shard.sketches, shard.ids, codes)
+            writer.append(shard.sketches, shard.ids, codes, shard.losses)
     writer.finish()
     return SketchStore(out)

@@ -176,6 +176,11 @@ def check_tensors(
         )
     if not bool(torch.isfinite(sketches).all()):
         raise StoreCorruptedError(f"Shard '{path}' holds non-finite sketch values.")
+    losses = tensors.get("losses")  # optional: stores from before 0.3 have none
+    if losses is not None and (
+        losses.dtype != torch.float32 or tuple(losses.shape) != (count,) or not bool(torch.isfinite(losses).all())
+    ):
+        raise StoreCorruptedError(f"Shard '{path}' has a malformed `losses` tensor (expected {count} finite float32).")
     if count and (int(corpus.min()) < 0 or (corpora is not None and int(corpus.max()) >= corpora)):
         raise StoreCorruptedError(
             f"Shard '{path}' has corpus codes {int(corpus.min())}..{int(corpus.max())}, outside the "
@@ -205,15 +210,20 @@ def write_shard(
     sketches: torch.Tensor,
     ids: torch.Tensor,
     corpus: torch.Tensor,
+    losses: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Write ``shard-<index>.safetensors`` atomically; return its manifest entry."""
+    """Write ``shard-<index>.safetensors`` atomically; return its manifest entry. ``losses``:
+    each example's loss, which the recipe-aware predictor turns into curvature weights."""
     name = f"shard-{index:05d}.safetensors"
+    tensors = {
+        "sketches": sketches.detach().to("cpu", torch.float32).contiguous(),
+        "ids": ids.to(torch.uint8).contiguous(),
+        "corpus": corpus.to(torch.int32).contiguous(),
+    }
+    if losses is not None:
+        tensors["losses"] = losses.detach().to("cpu", torch.float32).reshape(-1).contiguous()
     data = save_safetensors(
-        {
-            "sketches": sketches.detach().to("cpu", torch.float32).contiguous(),
-            "ids": ids.to(torch.uint8).contiguous(),
-            "corpus": corpus.to(torch.int32).contiguous(),
-        },
+        tensors,
         metadata={"start": str(start), "fingerprint": fingerprint},
     )
     atomic_write(path / name, data)

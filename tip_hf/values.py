@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from .predictor import CorpusMoments, corpus_scale, curvature_weights
+from .recipe import Recipe
 from .store import SketchStore
 
 __all__ = ["CorpusRows", "Values", "clip_rows", "plaintext_values"]
@@ -64,27 +67,52 @@ class Values(CorpusRows):
         return self.corpus_labels
 
 
-def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, clip_norm: float | None = None) -> Values:
+def plaintext_values(
+    query: np.ndarray | torch.Tensor,
+    store: SketchStore,
+    *,
+    clip_norm: float | None = None,
+    recipe: Recipe | dict[str, Any] | None = None,
+) -> Values:
     """Per-example and per-corpus values of ``query`` (``[k]``) over a store, in float64,
     streaming shard by shard; exactly what the encrypted per-corpus release computes (before
-    its DP noise), with every sketch clipped to ``clip_norm`` if given, as the seller did."""
+    its DP noise), with every sketch clipped to ``clip_norm`` if given, as the seller did.
+
+    ``recipe``: per corpus, ``sum`` is then the predicted eval-loss drop under that fine-tuning
+    recipe, ``scale * <q, sum_i s_i>`` (:mod:`tip_hf.predictor`); per-example values stay
+    first-order. Each row carries its ``scale`` (1 for the local recipe)."""
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     q = torch.as_tensor(np.asarray(query), dtype=torch.float64).reshape(-1)
     if q.numel() != store.proj_dim:
         raise ValueError(f"The query has {q.numel()} entries; the store's sketches have {store.proj_dim}.")
     names = store.corpora
-    parts, codes, ids = [], [], []
+    parts, codes, ids, kept, losses = [], [], [], [], []
     for shard in store.shards():
-        parts.append((clip_rows(shard.sketches.double(), clip_norm) @ q).numpy())
+        rows = clip_rows(shard.sketches.double(), clip_norm)
+        parts.append((rows @ q).numpy())
         codes.append(shard.corpus_codes.numpy())
         ids.extend(example.tobytes() for example in shard.ids.numpy())
+        if not recipe.is_local:
+            kept.append(rows.numpy())
+            losses.append(None if shard.losses is None else shard.losses.numpy())
     values = np.concatenate(parts) if parts else np.zeros(0)
     code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
     distinct = [set() for _ in names]
     for c, example in zip(code.tolist(), ids, strict=True):
         distinct[c].add(example)
+    scales = np.ones(len(names))
+    if not recipe.is_local and kept:
+        sketches = np.concatenate(kept)
+        weights = np.concatenate([curvature_weights(loss, len(part)) for loss, part in zip(losses, kept, strict=True)])
+        input_dim = int((store.manifest.get("projection") or {}).get("input_dim") or store.proj_dim)
+        for i in range(len(names)):
+            mine = code == i
+            if mine.any():
+                moments = CorpusMoments.of(sketches[mine], weights[mine], clip_norm)
+                scales[i] = corpus_scale(moments, recipe, input_dim)
     rows = []
     for i, name in enumerate(names):
-        mine = values[code == i]
+        mine = values[code == i] * scales[i]
         rows.append(
             {
                 "corpus": name,
@@ -92,6 +120,7 @@ def plaintext_values(query: np.ndarray | torch.Tensor, store: SketchStore, *, cl
                 "distinct": len(distinct[i]),
                 "sum": float(mine.sum()),
                 "mean": float(mine.mean()) if len(mine) else 0.0,
+                "scale": float(scales[i]),
             }
         )
     rows.sort(key=lambda r: -float(r["sum"]))  # type: ignore[arg-type]

@@ -53,13 +53,16 @@ def demo(
     from ..demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out_dir=str(out), quick=quick, seed=seed, epsilon=None if no_dp else epsilon))
-    typer.echo("\nrank  corpus                      value/example   realized drop  realized rank")
+    typer.echo("\nrank  corpus                     predicted drop   realized drop  realized rank")
     for r in result.rows:
         typer.echo(
-            f"{r['rank']:>4}  {r['corpus']:<28}{r['value_mean']:>13.4g}{r['realized_eval_loss_drop']:>16.4g}"
+            f"{r['rank']:>4}  {r['corpus']:<28}{r['value']:>13.4g}{r['realized_eval_loss_drop']:>16.4g}"
             f"{r['realized_rank']:>15}"
         )
-    typer.echo(f"\nrank agreement with realized eval-loss drops: Spearman {result.spearman:.3f}")
+    typer.echo(
+        f"\nrank agreement with realized eval-loss drops: Spearman {result.spearman:.3f} "
+        f"(first-order influence, no recipe: {result.spearman_first_order:.3f})"
+    )
     if result.dp:
         typer.echo(
             f"(released under DP, epsilon {result.dp['epsilon']:.3g} per example; without DP noise and clipping: "

@@ -52,18 +52,50 @@ def query(
     bundle: Annotated[Path, typer.Option(help="Buyer bundle directory written by TIPCallback.")],
     keys: Annotated[Path, typer.Option(help="Buyer keys directory (tip keygen).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Encrypted query file to send.")] = Path("query.tip"),
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            help="Your fine-tuning recipe's learning rate: values then predict the eval-loss drop of that "
+            "fine-tune (saturation-aware). Without it: first-order influence (the 'local' recipe).",
+            rich_help_panel="Recipe",
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps on a corpus.", rich_help_panel="Recipe")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Passes over a corpus (or over corpus + own data).", rich_help_panel="Recipe")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Examples per step (default: full batch).", rich_help_panel="Recipe")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam (AdamW).", rich_help_panel="Recipe")] = "sgd",
+    joint_examples: Annotated[
+        int | None,
+        typer.Option(help="You train on this many own examples plus the corpus.", rich_help_panel="Recipe"),
+    ] = None,
 ) -> None:
-    """Buyer: encrypt the bundle's query under the buyer's key, bound to its spec fingerprint."""
+    """Buyer: encrypt the bundle's query under the buyer's key, bound to its spec fingerprint,
+    with the fine-tuning recipe the values should predict."""
     from ..bundle import load_bundle
     from ..he import BuyerKeys, encrypt_query
+    from ..recipe import Recipe
 
     need(bundle, "bundle directory", "train with TIPCallback(output_dir=...) first")
     need(keys, "keys directory", "run `tip keygen` first")
+    if lr is None and any(v is not None for v in (steps, epochs, batch_size, joint_examples)):
+        raise typer.BadParameter("--steps, --epochs, --batch-size and --joint-examples need --lr.")
+    recipe = (
+        Recipe.local() if lr is None else Recipe(lr, steps, epochs, batch_size, optimizer, joint_examples)  # type: ignore[arg-type]
+    )
     b = load_bundle(bundle)
     k = BuyerKeys.load(keys)
-    encrypted = encrypt_query(b.query, k, b.spec, fingerprint=b.fingerprint)
+    summary = b.summary or {}
+    recipe = recipe.with_trust_radius(
+        float(summary.get("eval_loss") or 0), float(summary.get("eval_gradient_norm") or 0)
+    )
+    encrypted = encrypt_query(b.query, k, b.spec, fingerprint=b.fingerprint, recipe=recipe)
     encrypted.save(out)
-    typer.echo(f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}) written to {out}")
+    typer.echo(f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}, recipe: {recipe.name}) written to {out}")
 
 
 class Payout(str, Enum):
@@ -204,8 +236,12 @@ def verify(
             **columns,
         )
         values = plaintext_values(b.query, store, clip_norm=table.clip_norm)
+        scales = None
+        if table.recipe and table.recipe.get("learning_rate") is not None:  # the seller's stated scales too
+            predicted = plaintext_values(b.query, store, clip_norm=table.clip_norm, recipe=table.recipe)
+            scales = {name: float(row["scale"]) for name, row in predicted.as_dict().items()}  # type: ignore[arg-type]
     recomputed = {name: float(values[name]["sum"]) for name in values.as_dict()}
-    checked = verify_values(table, recomputed)
+    checked = verify_values(table, recomputed, scales=scales)
     flags = _near_duplicate_flags(data, columns["text_column"], ids)
     diff = delivery_diff(scores, ids, opened) if isinstance(opened.get("ids"), dict) else {}
     ok = True

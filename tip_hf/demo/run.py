@@ -53,7 +53,7 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     proj_dim: int = 1024
-    preconditioner: str = "fisher"
+    preconditioner: str = "identity"  # the recipe predictor's values are eval-loss drops (bench_fidelity)
     targets: tuple[str, ...] = tuple(TARGETS)
     per_corpus: int | None = None  # default 96 (quick: 48)
     n_train: int | None = None  # buyer's training set, default 256 (quick: 128)
@@ -84,6 +84,7 @@ class DemoResult:
     pearson: float
     eval_loss_before: float
     spearman_noiseless: float = float("nan")  # the same ranking without DP noise or clipping
+    spearman_first_order: float = float("nan")  # noiseless first-order influence (mean), the old value
     dp: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: str = ""
@@ -104,6 +105,7 @@ def _run(config: DemoConfig) -> DemoResult:
     from ..callback import TIPCallback
     from ..dataset import sketch_dataset
     from ..he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
+    from ..recipe import Recipe
     from ..report import write_demo_report
     from ..spec import ValuationSpec
     from ..values import plaintext_values
@@ -182,7 +184,16 @@ def _run(config: DemoConfig) -> DemoResult:
     keys.save(buyer / "keys")
     shutil.copy(buyer / "keys" / "public_context.tip", exchange / "public_context.tip")
     bundle = load_bundle(buyer / "bundle")
-    encrypt_query(bundle.query, keys, bundle.spec, fingerprint=bundle.fingerprint).save(exchange / "query.tip")
+    # the buyer declares how it will fine-tune on a bought corpus: the realized check's recipe
+    recipe = Recipe(
+        learning_rate=config.realized_lr,
+        epochs=config.realized_epochs,
+        batch_size=16,
+        optimizer="adam" if "adam" in config.realized_optim else "sgd",
+    ).with_trust_radius(bundle.summary["eval_loss"], bundle.summary["eval_gradient_norm"])
+    encrypt_query(bundle.query, keys, bundle.spec, fingerprint=bundle.fingerprint, recipe=recipe).save(
+        exchange / "query.tip"
+    )
     lap("keys + encrypted query")
 
     # ---- seller: sketch with the published model, score under the buyer's key ------------
@@ -224,8 +235,9 @@ def _run(config: DemoConfig) -> DemoResult:
     # ---- buyer: decrypt -----------------------------------------------------------------
     heading(5, "buyer: decrypting and ranking the values")
     table = decrypt_scores(exchange / "scores.tip", BuyerKeys.load(buyer / "keys"))
-    plain = plaintext_values(bundle.query, store)  # noiseless, unclipped: what DP and clipping cost
-    released = plaintext_values(bundle.query, store, clip_norm=table.clip_norm)  # what was scored, before DP noise
+    plain = plaintext_values(bundle.query, store, recipe=recipe)  # noiseless, unclipped: what DP and clipping cost
+    released = plaintext_values(bundle.query, store, clip_norm=table.clip_norm, recipe=recipe)  # before DP noise
+    first_order = plaintext_values(bundle.query, store)  # the paper's value, for comparison
     lap("decryption")
 
     # ---- realized check: fine-tune on each corpus, measure the eval-loss drop ------------
@@ -269,23 +281,29 @@ def _run(config: DemoConfig) -> DemoResult:
                 "corpus": name,
                 "count": int(row["count"]),  # type: ignore[arg-type]
                 "distinct": int(row["distinct"]),  # type: ignore[arg-type]
+                "value": float(row["sum"]),  # type: ignore[arg-type]  # predicted drop under the recipe
                 "value_mean": float(row["mean"]),  # type: ignore[arg-type]
-                "value_sum": float(row["sum"]),  # type: ignore[arg-type]
+                "plaintext_value": float(released[name]["sum"]),  # type: ignore[arg-type]
                 "plaintext_mean": float(released[name]["mean"]),  # type: ignore[arg-type]
-                "noiseless_mean": float(plain[name]["mean"]),  # type: ignore[arg-type]
+                "noiseless_value": float(plain[name]["sum"]),  # type: ignore[arg-type]
+                "noise_std": float(row["noise_std"]),  # type: ignore[arg-type]
+                "scale": float(row["scale"]),  # type: ignore[arg-type]
+                "plaintext_scale": float(released[name]["scale"]),  # type: ignore[arg-type]
                 "noise_std_mean": float(row["noise_std"]) / int(row["count"]),  # type: ignore[arg-type]
+                "first_order_mean": float(first_order[name]["mean"]),  # type: ignore[arg-type]
                 "realized_eval_loss_drop": realized[name],
             }
         )
     by_realized = sorted(rows_out, key=lambda r: -r["realized_eval_loss_drop"])
     for i, r in enumerate(by_realized, 1):
         r["realized_rank"] = i
-    values = [r["value_mean"] for r in rows_out]
+    values = [r["value"] for r in rows_out]
     drops = [r["realized_eval_loss_drop"] for r in rows_out]
     result = DemoResult(
         rows=rows_out,
         spearman=float(spearmanr(values, drops)[0]),
-        spearman_noiseless=float(spearmanr([r["noiseless_mean"] for r in rows_out], drops)[0]),
+        spearman_noiseless=float(spearmanr([r["noiseless_value"] for r in rows_out], drops)[0]),
+        spearman_first_order=float(spearmanr([r["first_order_mean"] for r in rows_out], drops)[0]),
         dp=table.dp,
         pearson=float(pearsonr(values, drops)[0]),
         eval_loss_before=eval_before,

@@ -60,8 +60,8 @@ class ReleasePolicy:
             healthcare market it kept the clipped ranking at Spearman 0.78-1.0 of the unclipped
             one, where the median gave 0.58-0.99 and noise grows with the clip).
         clip_epsilon: the part of ``epsilon`` spent on choosing the clip automatically
-            (default ``min(0.5, epsilon / 4)``: the exponential mechanism over 65 powers of two
-            lands within ~``15 / clip_epsilon`` examples of the target rank (95%), so a smaller share
+            (default ``min(0.5, epsilon / 4)``: the exponential mechanism over quarter powers of
+            two lands within ~``30 / clip_epsilon`` examples of the target rank, so a smaller share
             picks nonsense clips on stores of a few hundred examples).
         flood_bits: statistical security ``s`` of the noise flooding on every returned slot
             (real and imaginary): the flooding std is ``2^s`` times a bound on every

@@ -13,6 +13,7 @@ import numpy as np
 import tenseal.sealapi as seal
 import torch
 
+from ..recipe import Recipe
 from ..spec import ValuationSpec
 from . import seal as S
 from .binding import SEED_BYTES, secret_rows
@@ -55,6 +56,7 @@ def encrypt_query(
     *,
     fingerprint: str | None = None,
     model: torch.nn.Module | None = None,
+    recipe: Recipe | None = None,
 ) -> EncryptedQuery:
     """Encrypt the buyer's query vector ``q`` (``[k]``, real) under its own secret key.
 
@@ -66,7 +68,13 @@ def encrypt_query(
     message is bound to the public context (hash) and to the spec -- to the full
     spec/model ``fingerprint`` when given (or computed from ``model``), else to the spec's
     sketch settings -- and the seller refuses to score a store that does not match.
+
+    ``recipe``: how the buyer will fine-tune (:class:`~tip_hf.recipe.Recipe`); the values then
+    predict the eval-loss drop under it. Default: the ``local`` recipe (first-order influence).
+    Give it a ``trust_radius`` (:meth:`Recipe.with_trust_radius`, from the bundle's eval loss
+    and eval gradient norm) unless every fine-tune is short.
     """
+    recipe = recipe or Recipe.local()
     q = np.asarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q)
     if np.iscomplexobj(q):
         raise ValueError("The query must be real; got a complex vector.")
@@ -103,6 +111,7 @@ def encrypt_query(
         "context_hash": keys.context_hash,
         "proj_dim": int(q.size),
         "layout": LAYOUT,
+        "recipe": recipe.to_dict(),
         **spec_binding(spec, fingerprint),
     }
     keys.remember_query(query_id, exponent, seed.hex())

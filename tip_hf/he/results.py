@@ -55,6 +55,7 @@ class ScoreTable(CorpusRows):
     dp: dict[str, Any] | None = None
     query_id: str | None = None
     clip_norm: float | None = None
+    recipe: dict[str, Any] | None = None  # the fine-tuning recipe the values predict (None: local)
 
     @property
     def corpus(self) -> list[str] | None:
@@ -75,6 +76,10 @@ class ScoreTable(CorpusRows):
                 lines.append(f"{rank:>4}  {head}{row['sum']:>14.6g}{row['mean']:>14.6g}{row['noise_std']:>11.2g}")
             else:
                 lines.append(f"{'-':>4}  {row['corpus']!s:<24}{'':>8}{'':>9}{'withheld':>14}")
+        if self.recipe and self.recipe.get("learning_rate") is not None:
+            from ..recipe import Recipe
+
+            lines.append(f"values predict the eval-loss drop of fine-tuning with: {Recipe.from_dict(self.recipe).name}")
         if self.dp:
             lines.append(
                 f"differential privacy: epsilon {self.dp['epsilon']:.3g}, delta {self.dp['delta']:.1g} per example "
@@ -196,12 +201,16 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
             ):
                 raise MessageError(f"The scores header's entry for corpus {c['name']!r} is malformed.")
             total = float(decoded[cipher][slot] * 2.0 ** (exponent + q_exp))  # type: ignore[index]
-            noise = math.hypot(sigma * 2.0**q_exp, flood * 2.0 ** (exponent + q_exp))
+            scale = c.get("scale", 1.0)
+            if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+                raise MessageError(f"The scores header's scale for corpus {c['name']!r} is malformed.")
+            noise = math.hypot(scale * sigma * 2.0**q_exp, flood * 2.0 ** (exponent + q_exp))
             row.update(
                 count=count,
                 distinct=c.get("distinct", count),
                 sum=total,
                 mean=total / count,  # type: ignore[operator]
+                scale=float(scale),
                 noise_std=noise,
                 commitment=c.get("commitment"),
             )
@@ -215,6 +224,7 @@ def decrypt_scores(result_msg: ScoredResult | Message | bytes | str | os.PathLik
         dp=dp if isinstance(dp, dict) else None,
         query_id=query_id,
         clip_norm=float(clip) if isinstance(clip, int | float) else None,
+        recipe=header.get("recipe") if isinstance(header.get("recipe"), dict) else None,
     )
 
 
@@ -309,14 +319,25 @@ def delivery_diff(
 
 
 def verify_values(
-    table: ScoreTable, recomputed: Mapping[str, float], *, z: float = NOISE_Z, rtol: float = 1e-4
+    table: ScoreTable,
+    recomputed: Mapping[str, float],
+    *,
+    z: float = NOISE_Z,
+    rtol: float = 1e-4,
+    scales: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float | bool]]:
     """Buyer, after purchase: do the values recomputed from the delivered data (its own model,
     spec, query and the result's ``clip_norm``) match the decrypted ones?
 
     A corpus passes when ``|decrypted - recomputed| <= z * noise_std + rtol * |recomputed|``
     (``rtol`` absorbs hardware differences in sketching). Returns per corpus the two values,
-    the tolerance and ``ok``."""
+    the tolerance and ``ok``.
+
+    Under a fine-tuning recipe the decrypted value is ``scale * <q, sum>`` with the seller's
+    stated ``scale``; ``recomputed`` is still the first-order ``<q, sum>`` of the delivered
+    data, compared with ``decrypted / scale``. ``scales`` (recomputed from the delivered data,
+    :func:`tip_hf.values.plaintext_values` with the recipe) also checks the stated scale when
+    there is no DP (under DP the scale comes from noised moments and is not checked)."""
     out: dict[str, dict[str, float | bool]] = {}
     for name, value in recomputed.items():
         try:
@@ -325,12 +346,17 @@ def verify_values(
             raise VerificationError(f"Corpus {name!r} is not in the decrypted scores.") from None
         if not row["released"]:
             raise VerificationError(f"Corpus {name!r} was withheld: there is no value to compare with.")
-        decrypted = float(row["sum"])  # type: ignore[arg-type]
-        tolerance = z * float(row["noise_std"]) + rtol * abs(value)  # type: ignore[arg-type]
+        scale = float(row.get("scale", 1.0))  # type: ignore[arg-type]
+        decrypted = float(row["sum"]) / scale  # type: ignore[arg-type]
+        tolerance = z * float(row["noise_std"]) / scale + rtol * abs(value)  # type: ignore[arg-type]
+        ok = abs(decrypted - value) <= tolerance
+        if scales is not None and table.dp is None and name in scales:
+            ok &= abs(scale - scales[name]) <= 1e-3 * abs(scales[name])
         out[name] = {
             "decrypted": decrypted,
             "recomputed": float(value),
             "tolerance": tolerance,
-            "ok": abs(decrypted - value) <= tolerance,
+            "scale": scale,
+            "ok": bool(ok),
         }
     return out

@@ -4,7 +4,9 @@
 encrypted query) and the seller's own store and policy. Per corpus, the seller sums (clipped)
 sketches in plaintext, adds DP noise once per corpus version when the policy asks for it
 (:mod:`tip_hf.he.dp`), and releases one slot per corpus: ``<q, sum>`` (the buyer derives the
-mean from the public count). Per example (if the policy allows), each example gets a slot.
+mean from the public count) for the ``local`` recipe, ``<q, c * sum>`` under the buyer's
+declared fine-tuning recipe (``c`` from the corpus's own moments, :mod:`tip_hf.predictor`,
+stated per corpus as ``scale``). Per example (if the policy allows), each example gets a slot.
 The CKKS work, masking and flooding are in :mod:`tip_hf.he.kernel`.
 
 The result commits to exactly the examples that were scored: per released corpus a salted
@@ -33,6 +35,8 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..distributed import rank_and_world
 from ..errors import SpecMismatchError, TIPError
+from ..predictor import CorpusMoments, along_terms, corpus_scale, curvature_weights
+from ..recipe import Recipe, RecipeError
 from ..store import SketchStore
 from ..values import clip_rows
 from . import binding, dp
@@ -137,6 +141,10 @@ def score_encrypted(
             f"The query uses layout {str(query.header.get('layout'))[:40]!r}; this seller scores {LAYOUT!r} "
             "(tip_hf " + __version__ + "). The buyer must make a new query with this tip_hf release (tip query)."
         )
+    try:
+        recipe = Recipe.from_dict(query.header.get("recipe"))
+    except (RecipeError, TypeError) as e:
+        raise MessageError(f"The query's recipe is malformed ({e}); the buyer must make a new query.") from None
     public = public_ctx if isinstance(public_ctx, PublicContext) else PublicContext.load(public_ctx)
     store = store if isinstance(store, SketchStore) else SketchStore(store)
     if query.header.get("context_hash") != public.hash:
@@ -154,6 +162,10 @@ def score_encrypted(
         )
     if release not in ("corpus", "example"):
         raise ValueError(f"Invalid `release`: {release!r}. Must be 'corpus' or 'example'.")
+    if release == "example" and not recipe.is_local:
+        raise PolicyError(
+            "Per-example values are first-order only; a fine-tuning recipe values corpora (release='corpus')."
+        )
     if release == "example" and (not policy.allow_example_release or policy.dp):
         raise PolicyError(
             "The release policy does not allow per-example values (never under DP); use release='corpus'"
@@ -173,13 +185,14 @@ def score_encrypted(
         "store_fingerprint": store.fingerprint,
         "policy": policy.public_summary(),
         "flood_std": kernel.flood_std,
+        "recipe": recipe.to_dict(),
     }
     rank, world = rank_and_world()
     opened_ids: dict[str, list[str]] = {}
     if release == "example":
         blobs, opening = score_examples(kernel, store, policy, header, progress, workers, (query, public))
     elif rank == 0:  # one plaintext pass and k/2 products per block of corpora: the main process
-        blobs, opening, opened_ids = _score_corpora(kernel, store, policy, header, progress)
+        blobs, opening, opened_ids = _score_corpora(kernel, store, policy, header, recipe, progress)
     else:
         blobs, opening = [], {}
     if rank == 0:  # the header is complete: bind it, with the value ciphertexts' hashes, to the buyer's check
@@ -248,7 +261,12 @@ def _check_sketch_length(store: SketchStore, policy: ReleasePolicy) -> None:
 
 
 def _score_corpora(
-    kernel: QueryKernel, store: SketchStore, policy: ReleasePolicy, header: dict[str, Any], progress: bool
+    kernel: QueryKernel,
+    store: SketchStore,
+    policy: ReleasePolicy,
+    header: dict[str, Any],
+    recipe: Recipe,
+    progress: bool,
 ) -> tuple[list[bytes], dict[str, str], dict[str, list[str]]]:
     names = store.corpora
     version = path = None
@@ -258,20 +276,57 @@ def _score_corpora(
         clip = version.clip_norm
     totals = torch.zeros(len(names), store.proj_dim, dtype=torch.float64)
     counts = np.zeros(len(names), dtype=np.int64)
+    sq_norms = np.zeros(len(names))
     ids: list[list[bytes]] = [[] for _ in names]
+    has_losses = True
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
         codes = shard.corpus_codes.long()
-        totals.index_add_(0, codes, clip_rows(shard.sketches.double(), clip))
+        rows = clip_rows(shard.sketches.double(), clip)
+        totals.index_add_(0, codes, rows)
+        np.add.at(sq_norms, codes.numpy(), (rows * rows).sum(1).numpy())
         counts += np.bincount(codes.numpy(), minlength=len(names))
+        has_losses &= shard.losses is not None
         for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
             ids[code].append(example_id.tobytes())
     # `min_examples` counts *distinct* examples: copies of one example must not carry it past
     # the threshold (its value would be released). Values stay additive, as influence is.
     distinct = np.array([len(set(mine)) for mine in ids], dtype=np.int64)
     released = distinct >= policy.min_examples
+
+    def along_of(directions: np.ndarray) -> np.ndarray:
+        """Second pass: sum_i w_i (s_i . u_c)^2 per corpus, each term <= clip^2."""
+        out = np.zeros(len(names))
+        for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="curvature", disable=not progress):
+            codes = shard.corpus_codes.long().numpy()
+            rows = clip_rows(shard.sketches.double(), clip).numpy()
+            weights = curvature_weights(shard.losses, len(rows))
+            projected = np.einsum("nk,nk->n", rows, directions[codes])
+            np.add.at(out, codes, along_terms(projected[:, None], np.ones(1), weights, clip))
+        return out
+
     if version is not None and path is not None:
-        totals = dp.noised_sums(store, policy, version, path, totals, [names[c] for c in np.flatnonzero(released)])
-    sums = totals.numpy()
+        noised = dp.noised_moments(
+            store, policy, version, path, totals, sq_norms, along_of, [names[c] for c in np.flatnonzero(released)]
+        )
+        totals, sq_norms, along = noised.sums, noised.sq_norms, noised.along
+    elif recipe.is_local:
+        along = np.zeros(len(names))
+    else:
+        along = along_of((totals / totals.norm(dim=1, keepdim=True).clamp(min=1e-300)).numpy())
+    input_dim = int((store.manifest.get("projection") or {}).get("input_dim") or store.proj_dim)
+    noise = None if version is None else (version.sigma, version.moment_sigma)
+    scales = np.array(
+        [
+            corpus_scale(
+                CorpusMoments(int(counts[c]), totals[c].numpy(), float(sq_norms[c]), float(along[c])),
+                recipe,
+                input_dim,
+                noise,
+            )
+            for c in range(len(names))
+        ]
+    )
+    sums = totals.numpy() * scales[:, None]
     exponent = pow2_at_least(float(np.linalg.norm(sums[released], axis=1).max(initial=0.0)))
     order = [c for c in range(len(names)) if released[c]]
     blobs, corpora, opening, opened_ids = [], [], {}, {}
@@ -289,6 +344,7 @@ def _score_corpora(
                     "released": True,
                     "count": int(counts[c]),
                     "distinct": int(distinct[c]),
+                    "scale": float(scales[c]),
                     "ciphertext": chunk,
                     "slot": slot,
                     "commitment": commitment_digest(salt, ids[c]),
@@ -301,5 +357,6 @@ def _score_corpora(
         clip_norm=clip,
         dp=None if version is None else version.public(),
         commitment=commitment_root(corpora),
+        curvature="gauss-newton" if has_losses else "empirical-fisher (a store without losses)",
     )
     return blobs, opening, opened_ids
