@@ -531,3 +531,18 @@ def test_an_orphan_shard_from_an_interrupted_first_save_is_cleaned(world, tmp_pa
     monkeypatch.undo()
     assert not (tmp_path / "s").exists()  # nothing half-made is left
     assert sketch_cli(world, world["root"] / "good.jsonl", tmp_path / "s")[0] == 0
+
+
+# -- recipes (issue 13) ----------------------------------------------------------------------------
+def test_bad_recipe_flags_are_refused(world, tmp_path):
+    from tip_hf.he import BuyerKeys
+
+    BuyerKeys.generate().save(tmp_path / "keys")
+    query = ("query", "--bundle", world["root"] / "bundle", "--keys", tmp_path / "keys", "-o", tmp_path / "q.tip")
+    one_line(*tip(*query, "--lr", "-1", "--steps", "5"), r"learning_rate must be a positive number")
+    one_line(*tip(*query, "--lr", "0.1"), r"exactly one of `steps` and `epochs`")
+    one_line(*tip(*query, "--lr", "0.1", "--steps", "5", "--optimizer", "lion"), r"optimizer must be 'sgd' or 'adam'")
+    one_line(*tip(*query, "--steps", "5"), r"--joint-examples need", exit_code=2)
+    assert not (tmp_path / "q.tip").exists()
+    code, err = tip(*query, "--lr", "0.1", "--epochs", "1", "--batch-size", "8", "--optimizer", "adam")
+    assert code == 0, err

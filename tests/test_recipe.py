@@ -109,8 +109,8 @@ RECIPES = {
 def test_predicted_vs_retrained_on_controlled_market() -> None:
     """Actual retraining per corpus and recipe, 4 market draws (duplicates, near-duplicates,
     label noise, wrong labels, inputs x4, one class, source data, four clean sizes).
-    Mean Spearman >= 0.9 for small-step recipes and joint training; at a large learning rate
-    and under Adam it must beat first-order influence (sum)."""
+    Mean Spearman >= 0.9 for small-step recipes (0.85 for joint training), ahead of gradient
+    cosine there; in every recipe ahead of first-order influence (sum and mean)."""
     scores: dict[str, dict[str, list[float]]] = {r: {m: [] for m in fm.METHODS} for r in RECIPES}
     for seed in range(4):
         market = fm.controlled_market(seed)
@@ -121,10 +121,12 @@ def test_predicted_vs_retrained_on_controlled_market() -> None:
                 rho = spearmanr([predicted[method][c] for c in corpora], [realized[c] for c in corpora])[0]
                 scores[name][method].append(rho)
     mean = {r: {m: float(np.mean(v)) for m, v in by.items()} for r, by in scores.items()}
-    for name in ("sgd 5 steps lr 0.05", "sgd 1 epoch lr 0.05", "joint 1 epoch lr 0.1"):
-        assert mean[name]["recipe_aware"] >= 0.9, (name, mean[name])
+    for name, floor in (("sgd 5 steps lr 0.05", 0.9), ("sgd 1 epoch lr 0.05", 0.9), ("joint 1 epoch lr 0.1", 0.85)):
+        assert mean[name]["recipe_aware"] >= floor, (name, mean[name])
+        assert mean[name]["recipe_aware"] > mean[name]["gradient_cosine"], (name, mean[name])
     for name in RECIPES:
-        assert mean[name]["recipe_aware"] > mean[name]["first_order_sum"] + 0.05, (name, mean[name])
+        assert mean[name]["recipe_aware"] > mean[name]["first_order_sum"] + 0.02, (name, mean[name])
+        assert mean[name]["recipe_aware"] > mean[name]["first_order_mean"], (name, mean[name])
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +202,12 @@ def test_malformed_recipe_in_query_is_refused(scored_market: dict) -> None:
     query.message.header["recipe"] = {"learning_rate": -5, "steps": 1}
     with pytest.raises(MessageError, match="recipe"):
         score_encrypted(query, store, keys.public, progress=False)
+
+
+def test_recipe_refuses_per_example_release(scored_market: dict) -> None:
+    from tip_hf.he.policy import PolicyError
+
+    store, keys, q = (scored_market[k] for k in ("store", "keys", "q"))
+    query = encrypt_query(q, keys, scored_market["spec"], fingerprint=store.fingerprint, recipe=scored_market["recipe"])
+    with pytest.raises(PolicyError, match="first-order only"):
+        score_encrypted(query, store, keys.public, release="example", progress=False)

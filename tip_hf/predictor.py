@@ -25,8 +25,8 @@ markets with retraining (``scripts/bench_fidelity.py``, README):
   gradient is ``s_i s_i^T p/(1-p)`` with ``p = exp(-loss_i)`` the probability of its label
   (exact for two classes), so the store keeps each example's loss.
 - **A trust radius.** The linearised eval loss stops predicting once the weights move far;
-  the buyer's recipe carries ``trust_radius = L_eval / |g_eval|`` (how far along its own
-  gradient the linear eval loss would reach zero) and ``delta`` is shortened to that length.
+  the buyer's recipe carries ``trust_radius = L_eval / (2 |g_eval|)`` (how far along its own
+  gradient the linear eval loss would lose half of it) and ``delta`` is shortened to that length.
   Far fine-tunes are then ranked by direction, as gradient cosine does.
 
 Adam moves every coordinate by about ``lr`` whatever the gradient's scale: its first steps are

@@ -39,8 +39,9 @@ class Recipe:
         joint_examples: the buyer trains on its own ``joint_examples`` examples *plus* the
             corpus ("joint"); ``None`` trains on the corpus alone.
         trust_radius: how far (in sketch norm) the buyer trusts its linearised eval loss:
-            ``eval_loss / |g_eval|`` (:meth:`with_trust_radius`, filled by ``tip query`` from
-            the bundle). Predicted moves are shortened to it; ``None`` never shortens.
+            ``eval_loss / (2 |g_eval|)``, where the linear model would have taken half the eval
+            loss away (:meth:`with_trust_radius`, filled by ``tip query`` from the bundle).
+            Predicted moves are shortened to it; ``None`` never shortens.
     """
 
     learning_rate: float | None = None
@@ -91,11 +92,13 @@ class Recipe:
         return cls()
 
     def with_trust_radius(self, eval_loss: float, eval_gradient_norm: float) -> Recipe:
-        """This recipe with ``trust_radius = eval_loss / |g_eval|`` (the bundle's summary has
-        both); the ``local`` recipe is returned as is."""
+        """This recipe with ``trust_radius = eval_loss / (2 |g_eval|)`` (the bundle's summary
+        has both; half the distance at which the linearised eval loss reaches zero, the better
+        of 1x, 0.5x, 0.25x and 0.1x on both markets of ``scripts/bench_fidelity.py``); the
+        ``local`` recipe is returned as is."""
         if self.is_local or not (eval_loss > 0 and eval_gradient_norm > 0):
             return self
-        return Recipe(**{**self.to_dict(), "trust_radius": float(eval_loss) / float(eval_gradient_norm)})
+        return Recipe(**{**self.to_dict(), "trust_radius": float(eval_loss) / (2.0 * float(eval_gradient_norm))})
 
     @property
     def is_local(self) -> bool:
