@@ -120,6 +120,7 @@ def section_fidelity(r: dict, title: str, name: str) -> str:
 
 def section_health(r: dict) -> str:
     names = {
+        "tip_recipe": "TIP recipe-aware (encrypted, recipe declared per length)",
         "tip_influence": "TIP influence (encrypted, identity)",
         "tip_influence_fisher": "TIP influence (encrypted, Fisher)",
         "gradient_cosine": "gradient cosine",
@@ -163,8 +164,11 @@ def section_health(r: dict) -> str:
         "near the buyer's weights. As the fine-tune runs longer, the eval loss saturates along the seller's "
         "direction and the realized drop depends more on where that direction leads than on its initial slope; "
         "gradient cosine, which ignores magnitude, then tracks the realized utility better than the dot "
-        "product does. The Fisher-preconditioned query predicts a natural-gradient step, not the plain SGD "
-        "fine-tune measured here, hence its lower numbers.\n\n" + "".join(f"![]({f})\n" for f in r["figures"])
+        "product does. The recipe-aware value (the buyer declares full-batch SGD at the realized learning rate "
+        "for that many steps; tip_hf/predictor.py) unrolls the steps with each hospital's own curvature and "
+        "shortens long moves to the buyer's trust radius, so it keeps tracking the realized drop as the "
+        "fine-tune lengthens. The Fisher-preconditioned query predicts a natural-gradient step, not the plain "
+        "SGD fine-tune measured here, hence its lower numbers.\n\n" + "".join(f"![]({f})\n" for f in r["figures"])
     )
 
 

@@ -140,3 +140,62 @@ def test_two_processes_score_like_one(tmp_path):
     table = decrypt_scores(tmp_path / "corpus.tip", keys)
     for row in reference.rows:
         assert table[row["corpus"]]["sum"] == pytest.approx(row["sum"], abs=1e-6 * scale * 9000)
+
+
+def launch_machines(
+    script: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Two "machines" on this host: two `accelerate launch --num_machines 2 --machine_rank r
+    --main_process_ip 127.0.0.1` commands, one process each, run at once (as two nodes sharing
+    a filesystem would), joined over gloo."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    commands = []
+    for rank in (0, 1):
+        command = accelerate_command(2, str(script), *args)
+        at = command.index("--num_machines")
+        command[at : at + 2] = ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]
+        command[command.index("--main_process_port") + 1] = str(port)
+        commands.append(command)
+    running = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
+        for c in commands
+    ]
+    done = []
+    for command, process in zip(commands, running, strict=True):
+        out, err = process.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    return done
+
+
+@pytest.mark.slow
+def test_two_machines_sketch_and_resume_like_one_process(tmp_path):
+    """Multi-node as accelerate runs it: machine 0 and machine 1 each launch their processes;
+    the store equals one process's, and after machine 1 dies mid-run, relaunching both
+    machines redoes only the missing shards."""
+    import json
+
+    from tip_hf import SketchStore
+
+    one = launch(1, SKETCH, str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    machines = launch_machines(SKETCH, str(tmp_path / "two"))
+    assert all(m.returncode == 0 for m in machines), [m.stderr[-2000:] for m in machines]
+    assert sorted(shards_per_rank(machines[0].stdout + machines[1].stdout).values()) == [3, 4]
+    same_store(SketchStore(tmp_path / "one"), SketchStore(tmp_path / "two"))
+
+    crashed = launch_machines(
+        SKETCH, str(tmp_path / "crash"), env_extra={"TIP_TEST_CRASH_RANK": "1", "TIP_TEST_CRASH_AFTER": "1"}
+    )
+    assert any(m.returncode != 0 for m in crashed)  # machine 1's process died; the job stopped
+    assert not json.loads((tmp_path / "crash" / "manifest.json").read_text())["complete"]
+    done = sum(len(json.loads(p.read_text())["shards"]) for p in (tmp_path / "crash").glob(".rank-*.json"))
+    assert 1 <= done < 7, done
+    resumed = launch_machines(SKETCH, str(tmp_path / "crash"))
+    assert all(m.returncode == 0 for m in resumed), [m.stderr[-2000:] for m in resumed]
+    assert sum(shards_per_rank(resumed[0].stdout + resumed[1].stdout).values()) == 7 - done
+    same_store(SketchStore(tmp_path / "one"), SketchStore(tmp_path / "crash"))

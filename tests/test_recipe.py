@@ -211,3 +211,23 @@ def test_recipe_refuses_per_example_release(scored_market: dict) -> None:
     query = encrypt_query(q, keys, scored_market["spec"], fingerprint=store.fingerprint, recipe=scored_market["recipe"])
     with pytest.raises(PolicyError, match="first-order only"):
         score_encrypted(query, store, keys.public, release="example", progress=False)
+
+
+def test_verification_catches_an_inflated_scale(scored_market: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cheating seller states (and applies) 3x the honest scale: the first-order part still
+    matches the delivered data, but the buyer's recomputed scale does not (no DP)."""
+    from tip_hf.he import scoring, verify_values
+
+    store, keys, q, recipe = (scored_market[k] for k in ("store", "keys", "q", "recipe"))
+    query = encrypt_query(q, keys, scored_market["spec"], fingerprint=store.fingerprint, recipe=recipe)
+    first_order = {name: float(row["sum"]) for name, row in plaintext_values(q, store).as_dict().items()}
+    scales = {name: float(row["scale"]) for name, row in plaintext_values(q, store, recipe=recipe).as_dict().items()}
+    honest = decrypt_scores(score_encrypted(query, store, keys.public, progress=False), keys)
+    assert all(check["ok"] for check in verify_values(honest, first_order, scales=scales).values())
+    real_scale = scoring.corpus_scale
+    monkeypatch.setattr(scoring, "corpus_scale", lambda *a, **k: 3.0 * real_scale(*a, **k))
+    inflated = decrypt_scores(score_encrypted(query, store, keys.public, progress=False), keys)
+    assert inflated["clean_100"]["sum"] == pytest.approx(3 * honest["clean_100"]["sum"], rel=1e-6)
+    checks = verify_values(inflated, first_order, scales=scales)
+    assert not any(check["ok"] for check in checks.values())
+    assert all(check["ok"] for check in verify_values(inflated, first_order).values())  # the sums alone pass

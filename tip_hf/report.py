@@ -157,8 +157,8 @@ corpus alone ({config.realized_epochs} epoch(s), AdamW lr {config.realized_lr}, 
 measured and averaged over {config.realized_repeats} training seeds.
 
 **Rank agreement, predicted vs realized: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}.**
-First-order influence (per-example mean, no recipe, noiseless) ranks them with Spearman
-{result.spearman_first_order:.3f}.
+First-order influence (per-example mean, from the same release) ranks them with Spearman
+{result.spearman_first_order:.3f}; without DP noise and clipping, {result.spearman_first_order_noiseless:.3f}.
 {SCALES} The figure shows both as z-scores.
 Encrypted vs the plaintext of what was scored: max |difference| {max_err:.2e} (DP noise + CKKS flooding).
 

@@ -61,11 +61,11 @@ def demo(
         )
     typer.echo(
         f"\nrank agreement with realized eval-loss drops: Spearman {result.spearman:.3f} "
-        f"(first-order influence, no recipe: {result.spearman_first_order:.3f})"
+        f"(first-order influence from the same release: {result.spearman_first_order:.3f})"
     )
     if result.dp:
         typer.echo(
             f"(released under DP, epsilon {result.dp['epsilon']:.3g} per example; without DP noise and clipping: "
-            f"Spearman {result.spearman_noiseless:.3f})"
+            f"Spearman {result.spearman_noiseless:.3f}, first-order {result.spearman_first_order_noiseless:.3f})"
         )
     typer.echo(f"report: {out / 'report.md'}, figure: {out / 'valuation.png'}; total {result.seconds['total']:.0f} s")

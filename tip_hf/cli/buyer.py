@@ -142,6 +142,7 @@ def reveal(
         "release": table.release,
         "commitment": table.commitment,
         "dp": table.dp,
+        "recipe": table.recipe,  # the fine-tune the values predict (null or no learning rate: first-order)
     }
     if table.release == "example":
         assert table.values is not None

@@ -84,7 +84,8 @@ class DemoResult:
     pearson: float
     eval_loss_before: float
     spearman_noiseless: float = float("nan")  # the same ranking without DP noise or clipping
-    spearman_first_order: float = float("nan")  # noiseless first-order influence (mean), the old value
+    spearman_first_order: float = float("nan")  # first-order influence (mean) from the same release
+    spearman_first_order_noiseless: float = float("nan")  # first-order influence (mean) without DP or clipping
     dp: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: str = ""
@@ -291,6 +292,8 @@ def _run(config: DemoConfig) -> DemoResult:
                 "plaintext_scale": float(released[name]["scale"]),  # type: ignore[arg-type]
                 "noise_std_mean": float(row["noise_std"]) / int(row["count"]),  # type: ignore[arg-type]
                 "first_order_mean": float(first_order[name]["mean"]),  # type: ignore[arg-type]
+                # the release's first-order part: value / scale (the noised clipped sum), per example
+                "released_first_order_mean": float(row["sum"]) / float(row["scale"]) / int(row["count"]),  # type: ignore[arg-type]
                 "realized_eval_loss_drop": realized[name],
             }
         )
@@ -303,7 +306,8 @@ def _run(config: DemoConfig) -> DemoResult:
         rows=rows_out,
         spearman=float(spearmanr(values, drops)[0]),
         spearman_noiseless=float(spearmanr([r["noiseless_value"] for r in rows_out], drops)[0]),
-        spearman_first_order=float(spearmanr([r["first_order_mean"] for r in rows_out], drops)[0]),
+        spearman_first_order=float(spearmanr([r["released_first_order_mean"] for r in rows_out], drops)[0]),
+        spearman_first_order_noiseless=float(spearmanr([r["first_order_mean"] for r in rows_out], drops)[0]),
         dp=table.dp,
         pearson=float(pearsonr(values, drops)[0]),
         eval_loss_before=eval_before,
