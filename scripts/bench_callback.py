@@ -24,6 +24,7 @@ from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from tip_hf import TIPCallback, ValuationSpec
+from tip_hf.curvature import CurvatureAccumulator
 
 ALL_LINEAR = ["transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.*"]
 
@@ -48,6 +49,12 @@ def bergson_callbacks(normalizer: bool) -> Callable:
 
     make.prepare = prepare_for_gradient_collection  # type: ignore[attr-defined]
     return make
+
+
+def per_batch(callback: TIPCallback) -> TIPCallback:
+    """The previous callback: a float64 rank-B update of the k x k sum at every micro-batch."""
+    callback.curvature = CurvatureAccumulator(callback.spec.proj_dim, flush_rows=1)
+    return callback
 
 
 def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) -> float:
@@ -98,6 +105,7 @@ def main() -> None:
         f"Trainer + TIPCallback (k={args.proj_dim}, curvature)": lambda model, tmp: [
             TIPCallback(spec, eval_dataset=None, output_dir=tmp)
         ],
+        "  previous: F updated every micro-batch": lambda model, tmp: [per_batch(TIPCallback(spec, output_dir=tmp))],
     }
     try:
         import bergson  # noqa: F401

@@ -308,3 +308,35 @@ def test_cli_sketch_under_accelerate_launch_equals_one_process(market, tmp_path)
     a, b = SketchStore(seller / "store"), SketchStore(tmp_path / "store")
     assert a.ids() == b.ids() and a.corpus_labels() == b.corpus_labels() and len(b.manifest["shards"]) == 4
     torch.testing.assert_close(b.sketches(), a.sketches(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_recipe_query_scores_and_verifies(market):
+    """`tip query --lr ... --epochs ...`: the seller's `tip score` needs nothing new; the values
+    are the recipe's predicted drops (the plaintext reference with the recipe), and `tip verify`
+    accepts the honest delivery, checking each stated scale against the delivered data."""
+    buyer, seller = market["buyer"], market["seller"]
+    out = tip("query", "--bundle", "bundle", "--keys", "keys", "-o", "recipe.tip", "--lr", "0.05", "--epochs", "1",
+              "--batch-size", "8", cwd=buyer)  # fmt: skip
+    assert "recipe: sgd lr=0.05 1 epoch(s) bs=8" in out.stdout
+    shutil.copy(buyer / "recipe.tip", seller / "recipe.tip")
+    tip("score", "--store", "store", "--query", "recipe.tip", "--context", "public_context.tip", "--min-examples", "2",
+        "--no-dp", "-o", "recipe-scores.tip", cwd=seller)  # fmt: skip
+    shutil.copy(seller / "recipe-scores.tip", buyer / "recipe-scores.tip")
+    revealed = tip("reveal", "--scores", "recipe-scores.tip", "--keys", "keys", "-o", "recipe-values.json", cwd=buyer)
+    assert "values predict the eval-loss drop of fine-tuning with: sgd lr=0.05" in revealed.stdout
+    values = json.loads((buyer / "recipe-values.json").read_text())
+    assert values["recipe"]["learning_rate"] == 0.05 and values["recipe"]["trust_radius"] > 0
+    bundle = load_bundle(buyer / "bundle")
+    reference = plaintext_values(bundle.query, SketchStore(seller / "store"), recipe=values["recipe"])
+    for row in values["rows"]:
+        assert row["sum"] == pytest.approx(reference[row["corpus"]]["sum"], rel=1e-5, abs=1e-9)
+        assert 0 < row["scale"] < 1
+    tip("open", "--opening", "recipe-scores.opening.json", "--corpus", "clean", "-o", "recipe-opening.json",
+        cwd=seller)  # fmt: skip
+    shutil.copy(seller / "recipe-opening.json", buyer / "recipe-opening.json")
+    with open(buyer / "clean.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in market["rows"] if r["corpus"] == "clean")
+    ok = tip("verify", "--dataset", "clean.jsonl", "--scores", "recipe-scores.tip", "--opening", "recipe-opening.json",
+             "--model", "model", "--bundle", "bundle", "--keys", "keys", "--corpus-column", "corpus",
+             cwd=buyer)  # fmt: skip
+    assert "ids match the commitment" in ok.stdout and ": ok" in ok.stdout, ok.stdout

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from tip_hf.curvature import MIN_DAMPING_TO_NONZERO_MEAN, solve_query
+from tip_hf.curvature import MIN_DAMPING_TO_NONZERO_MEAN, CurvatureAccumulator, solve_query
 
 
 def curvature(n: int, k: int = 64, seed: int = 0) -> torch.Tensor:
@@ -52,3 +52,21 @@ def test_identity_preconditioner_is_untouched():
         solution = solve_query(f, g, 1e-6, "identity")
     assert torch.equal(solution.query, g)
     assert solution.damping == pytest.approx(1e-6 * torch.trace(f).item() / 64, rel=1e-12)
+
+
+def test_buffered_curvature_equals_per_batch_updates() -> None:
+    """Sketches held back and added in one GEMM give the per-micro-batch sum up to summation
+    order, whatever the flush size, and every read (matrix, sum) sees the pending ones."""
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(int(n), 96, generator=gen) for n in torch.randint(1, 20, (40,), generator=gen)]
+    reference = CurvatureAccumulator(96, flush_rows=1)
+    for batch in batches:
+        reference.add(batch)
+    for flush in (7, 64, 10_000):
+        buffered = CurvatureAccumulator(96, flush_rows=flush)
+        for batch in batches:
+            buffered.add(batch)
+        assert buffered.count == reference.count
+        torch.testing.assert_close(buffered.matrix, reference.matrix, rtol=1e-13, atol=1e-13)
+        exact = torch.cat(batches).double()
+        torch.testing.assert_close(buffered.sum, exact.T @ exact, rtol=1e-13, atol=1e-12)
