@@ -127,6 +127,7 @@ def section_health(r: dict) -> str:
         "raw_data_cosine": "raw-data cosine",
         "random": "random",
     }
+    names = {m: label for m, label in names.items() if m in r["summary"]}  # reports from before recipes lack one
     paper_key = {"tip_influence": "tip_influence"}
     rows = []
     for m, label in names.items():
@@ -148,6 +149,11 @@ def section_health(r: dict) -> str:
         )
     s = r["settings"]
     verdict = "above" if r["influence_ci_above_gradient_cosine"] else "**not** entirely above (the intervals overlap)"
+    above = r.get("recipe_ci_above_gradient_cosine_by_steps")
+    recipe_verdict = ""
+    if above:
+        steps = ", ".join(str(t) for t, ok in above.items() if ok) or "no"
+        recipe_verdict = f" The recipe-aware interval lies above gradient cosine's after {steps} fine-tuning step(s)."
     return (
         "## 4. Healthcare market (paper 4.3.1 protocol)\n\n"
         f"{s['data']}; {len(s['hospitals'])} hospitals by {s['hospital_split']}; MLP {s['mlp']}; buyer: "
@@ -156,7 +162,8 @@ def section_health(r: dict) -> str:
         "bootstrap 95% intervals over replicates.\n\n"
         + markdown_table(rows)
         + f"\n\nThe influence interval lies {verdict} gradient cosine's (headline: realized after "
-        f"{next(iter(r['summary_by_fine_tune_steps']))} fine-tuning step). Encrypted vs plaintext: worst error "
+        f"{next(iter(r['summary_by_fine_tune_steps']))} fine-tuning step).{recipe_verdict} "
+        "Encrypted vs plaintext: worst error "
         f"{fmt(r['encrypted_vs_plaintext_max_rel_error'])}; FHE {fmt(r['fhe_seconds_per_record'])} s per record "
         "(per-corpus release).\n\nPooled Pearson with the realized utility as the fine-tuning runs longer:\n\n"
         + markdown_table(steps_rows)

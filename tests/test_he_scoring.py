@@ -109,14 +109,14 @@ def test_policy_example_release_budget_and_dp(tmp_path, keys):
     score_encrypted(query, store, keys.public, policy=policy, buyer="other", progress=False)  # per buyer
     # DP by input perturbation: one noised sum per corpus version, whatever is asked; a new
     # version (here: the seller discards the stored noise) draws sigma = 2 * clip * m afresh (the
-    # sum's share of the Gaussian precision is 1 - MOMENT_SHARE: the two scalar moments take the rest)
+    # sum's share of the Gaussian precision is 1 - MOMENT_SHARE: the curvature scalar takes the rest)
     dp = ReleasePolicy(noise_multiplier=2.0, clip_norm=1.0, min_examples=1, allow_example_release=False)
     assert dp.version_epsilon() == pytest.approx(2.2541, rel=1e-3)  # dp-accounting, analytic Gaussian
 
     def sums() -> np.ndarray:
         table = decrypt_scores(score_encrypted(query, store, keys.public, policy=dp, progress=False), keys)
         assert table.dp["sigma"] == pytest.approx(4.0 / math.sqrt(1 - MOMENT_SHARE))
-        assert table.dp["moment_sigma"] == pytest.approx(2.0 * math.sqrt(2 / MOMENT_SHARE))  # clip^2 m sqrt(2/share)
+        assert table.dp["moment_sigma"] == pytest.approx(2.0 / math.sqrt(MOMENT_SHARE))  # clip^2 m / sqrt(share)
         assert table.dp["epsilon"] == pytest.approx(dp.version_epsilon())
         return np.array([r["sum"] for r in sorted(table.rows, key=lambda r: r["corpus"])])
 

@@ -125,7 +125,7 @@ def test_predicted_vs_retrained_on_controlled_market() -> None:
         assert mean[name]["recipe_aware"] >= floor, (name, mean[name])
         assert mean[name]["recipe_aware"] > mean[name]["gradient_cosine"], (name, mean[name])
     for name in RECIPES:
-        assert mean[name]["recipe_aware"] > mean[name]["first_order_sum"] + 0.02, (name, mean[name])
+        assert mean[name]["recipe_aware"] > mean[name]["first_order_sum"], (name, mean[name])
         assert mean[name]["recipe_aware"] > mean[name]["first_order_mean"], (name, mean[name])
 
 

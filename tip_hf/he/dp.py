@@ -2,11 +2,11 @@
 
 The seller clips every sketch to ``C``, sums per corpus, and adds ``N(0, (2 C m_v)^2 I)`` to
 each sum *once* (``2C`` the sensitivity when one example is replaced). The recipe-aware
-predictor (:mod:`tip_hf.predictor`) needs two scalars more per corpus, the sum of squared
-norms and the curvature along the (noised) sum, each a sum of terms in ``[0, C^2]``: they get
-``N(0, (C^2 m_s)^2)`` once, in the same version. The three Gaussian mechanisms compose exactly
-into one with multiplier ``m`` (``m^-2 = m_v^-2 + 2 m_s^-2``); the scalars take
-``MOMENT_SHARE`` of it, so the policy's epsilon is what all three cost together. The noised
+predictor (:mod:`tip_hf.predictor`) needs one scalar more per corpus, the curvature along the
+(noised) sum, a sum of terms in ``[0, C^2]``: it gets ``N(0, (C^2 m_s)^2)`` once, in the same
+version. The two Gaussian mechanisms compose exactly into one with multiplier ``m``
+(``m^-2 = m_v^-2 + m_s^-2``); the scalar takes ``MOMENT_SHARE`` of it, so the policy's
+epsilon is what both cost together. The noised
 moments are stored beside the store (``<store>/dp/``) with their seed and reused by every
 later query and recipe, whatever the buyer sends. A new version (fresh noise) is drawn
 only when the seller's data or DP settings change: another store (re-sketching, another
@@ -47,7 +47,7 @@ DP_DIR = "dp"
 STATE = "state.json"
 CLIP_GRID = 2.0 ** (np.arange(-128, 129) / 4)  # 257 quarter powers of two: a data-independent grid
 CLIP_WASTE = 8.0  # norms below clip / CLIP_WASTE count against a clip
-MOMENT_SHARE = 0.1  # of the Gaussian precision m^-2 spent on the two scalar moments
+MOMENT_SHARE = 0.1  # of the Gaussian precision m^-2 spent on the scalar moment
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class DPVersion:
     clip_norm: float
     noise_multiplier: float
     sigma: float  # absolute noise std on each coordinate of each corpus sum
-    moment_sigma: float  # absolute noise std on each corpus's two scalar moments
+    moment_sigma: float  # absolute noise std on each corpus's scalar moment (curvature along the sum)
     delta: float
     epsilon: float  # this version
     pure_epsilon: float  # the clip choice's share
@@ -146,7 +146,7 @@ def prepare_version(store: SketchStore, policy: ReleasePolicy, corpora: list[str
         clip_norm=clip,
         noise_multiplier=multiplier,
         sigma=2.0 * clip * multiplier / math.sqrt(1.0 - MOMENT_SHARE),
-        moment_sigma=clip**2 * multiplier * math.sqrt(2.0 / MOMENT_SHARE),
+        moment_sigma=clip**2 * multiplier / math.sqrt(MOMENT_SHARE),
         delta=policy.delta,
         epsilon=policy.version_epsilon(),
         pure_epsilon=pure,
@@ -156,10 +156,9 @@ def prepare_version(store: SketchStore, policy: ReleasePolicy, corpora: list[str
 
 @dataclass(frozen=True)
 class NoisedMoments:
-    """One version's noised corpus moments: ``sums [C, k]``, ``sq_norms [C]``, ``along [C]``."""
+    """One version's noised corpus moments: ``sums [C, k]`` and ``along [C]``."""
 
     sums: torch.Tensor
-    sq_norms: np.ndarray
     along: np.ndarray
 
 
@@ -169,7 +168,6 @@ def noised_moments(
     version: DPVersion,
     path: Path,
     clipped_sums: torch.Tensor,
-    sq_norms: np.ndarray,
     along_of: Callable[[np.ndarray], np.ndarray],
     released: list[str],
 ) -> NoisedMoments:
@@ -180,17 +178,16 @@ def noised_moments(
     if path.is_file():
         saved = load_file(path)
         if saved.get("sums") is not None and saved["sums"].shape == clipped_sums.shape and "along" in saved:
-            return NoisedMoments(saved["sums"], saved["sq_norms"].numpy(), saved["along"].numpy())
+            return NoisedMoments(saved["sums"], saved["along"].numpy())
     seed = secrets.randbits(128)
     rng = np.random.default_rng(seed)
     sums = clipped_sums.double() + torch.from_numpy(rng.normal(0.0, version.sigma, tuple(clipped_sums.shape)))
     norms = sums.norm(dim=1, keepdim=True).clamp(min=1e-300)
     along = along_of((sums / norms).numpy()) + rng.normal(0.0, version.moment_sigma, len(sums))
-    noised = NoisedMoments(sums, np.asarray(sq_norms) + rng.normal(0.0, version.moment_sigma, len(sums)), along)
+    noised = NoisedMoments(sums, along)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "sums": sums.contiguous(),
-        "sq_norms": torch.from_numpy(noised.sq_norms.copy()),
         "along": torch.from_numpy(along.copy()),
     }
     save_file(tensors, str(path))

@@ -276,14 +276,12 @@ def _score_corpora(
         clip = version.clip_norm
     totals = torch.zeros(len(names), store.proj_dim, dtype=torch.float64)
     counts = np.zeros(len(names), dtype=np.int64)
-    sq_norms = np.zeros(len(names))
     ids: list[list[bytes]] = [[] for _ in names]
     has_losses = True
     for shard in tqdm(store.shards(), total=len(store.manifest["shards"]), desc="aggregating", disable=not progress):
         codes = shard.corpus_codes.long()
         rows = clip_rows(shard.sketches.double(), clip)
         totals.index_add_(0, codes, rows)
-        np.add.at(sq_norms, codes.numpy(), (rows * rows).sum(1).numpy())
         counts += np.bincount(codes.numpy(), minlength=len(names))
         has_losses &= shard.losses is not None
         for code, example_id in zip(codes.tolist(), shard.ids.numpy(), strict=True):
@@ -306,9 +304,9 @@ def _score_corpora(
 
     if version is not None and path is not None:
         noised = dp.noised_moments(
-            store, policy, version, path, totals, sq_norms, along_of, [names[c] for c in np.flatnonzero(released)]
+            store, policy, version, path, totals, along_of, [names[c] for c in np.flatnonzero(released)]
         )
-        totals, sq_norms, along = noised.sums, noised.sq_norms, noised.along
+        totals, along = noised.sums, noised.along
     elif recipe.is_local:
         along = np.zeros(len(names))
     else:
@@ -318,7 +316,7 @@ def _score_corpora(
     scales = np.array(
         [
             corpus_scale(
-                CorpusMoments(int(counts[c]), totals[c].numpy(), float(sq_norms[c]), float(along[c])),
+                CorpusMoments(int(counts[c]), totals[c].numpy(), float(along[c])),
                 recipe,
                 input_dim,
                 noise,
