@@ -57,6 +57,23 @@ def per_batch(callback: TIPCallback) -> TIPCallback:
     return callback
 
 
+def curvature_update_cost(k: int, examples: int = 512) -> None:
+    """The k x k update alone, per example: one float64 GEMM per 512 buffered sketches (ours)
+    vs a rank-B update at every micro-batch of B (previous), for small and larger micro-batches."""
+    print(f"\ncurvature update alone, k={k}, ms per example (buffered / per micro-batch):")
+    for batch in (1, 4, 16):
+        parts = [torch.randn(batch, k) for _ in range(examples // batch)]
+        times = []
+        for flush in (CurvatureAccumulator(k).flush_rows, 1):
+            accumulator = CurvatureAccumulator(k, flush_rows=flush)
+            start = time.perf_counter()
+            for part in parts:
+                accumulator.add(part)
+            accumulator.flush()
+            times.append((time.perf_counter() - start) / examples * 1e3)
+        print(f"  micro-batch {batch:>2}: {times[0]:.2f} / {times[1]:.2f}  ({times[1] / times[0]:.1f}x)")
+
+
 def run(args, data: Dataset, callbacks: Callable[[torch.nn.Module, str], list]) -> float:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, n_positions=args.seq, vocab_size=50257)
@@ -129,6 +146,8 @@ def main() -> None:
     for name, values in rates.items():
         rate = statistics.median(values)
         print(f"{name:<58}{rate:>8.2f}{100 * (base / rate - 1):>9.1f}%")
+
+    curvature_update_cost(args.proj_dim)
 
     # the end-of-training query: sketch an eval set of 64 examples and solve
     torch.manual_seed(0)

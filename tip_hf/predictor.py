@@ -112,14 +112,17 @@ def corpus_scale(
     """``c`` with ``delta = c * total`` (the corpus sum): 1 for the ``local`` recipe.
 
     ``noise``: the DP noise stds ``(on each sum coordinate, on each scalar moment)`` when the
-    moments are noised. The squared sum norm is then debiased (minus ``k sigma^2``) and the
-    curvature counts only above twice its noise, so a corpus whose curvature the noise hides
-    is not saturated at random: post-processing of public numbers."""
+    moments are noised. The curvature then counts only above twice its noise, so a corpus
+    whose curvature the noise hides is not saturated at random (post-processing of public
+    numbers). Lengths use the released (noised) sum itself: with a trust radius the released
+    ``delta`` is never longer than it, so ``|value| <= |q| * trust_radius`` under DP too."""
     if recipe.is_local:
         return 1.0
-    sum_sigma, moment_sigma = noise or (0.0, 0.0)
+    moment_sigma = (noise or (0.0, 0.0))[1]
     n = max(moments.count, 1)
-    total_sq = max(float(moments.total @ moments.total) - len(moments.total) * sum_sigma**2, 0.0)
+    total_sq = float(moments.total @ moments.total)
+    if total_sq == 0.0:  # no gradient: nothing moves, whatever the scale
+        return 1.0
     mean_sq = total_sq / n**2
     w = moments.count / (moments.count + recipe.joint_examples) if recipe.joint_examples else 1.0
     lr = float(recipe.learning_rate)  # type: ignore[arg-type]
