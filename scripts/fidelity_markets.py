@@ -48,6 +48,16 @@ class Market:
     targets: list[str]
 
 
+def fit_buyer(model: nn.Module, own: Batch, steps: int) -> None:
+    """The buyer's own fit: full-batch Adam, lr 1e-2, then eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**own).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 def _rows(x: np.ndarray, y: np.ndarray) -> Batch:
     return {"features": torch.tensor(x, dtype=torch.float32), "labels": torch.tensor(y, dtype=torch.int64)}
 
@@ -75,12 +85,7 @@ def controlled_market(seed: int, d: int = 12, classes: int = 3, own_size: int = 
     torch.manual_seed(seed)
     model = MLP(d, 16, classes)
     own = _rows(*draw(own_size, target=False))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        optimizer.zero_grad()
-        model(**own).loss.backward()
-        optimizer.step()
-    model.eval()
+    fit_buyer(model, own, steps=200)
     corpora: dict[str, Batch] = {}
     for n in (40, 100, 200, 400):
         corpora[f"clean_{n}"] = _rows(*draw(n))
@@ -119,12 +124,7 @@ def healthcare_market(replicate: int, seed: int = 0, max_sellers: int = 10) -> M
 
     model = MLP(len(columns), 16, 2)
     own = rows(order[0])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        model(**own).loss.backward()
-        optimizer.step()
-    model.eval()
+    fit_buyer(model, own, steps=300)
     sellers = {str(name): rows(name) for name in order[2 : 2 + max_sellers]}
     return Market(model, own, rows(order[1]), sellers, ["hidden", "classifier"])
 

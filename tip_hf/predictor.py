@@ -80,7 +80,7 @@ class CorpusMoments:
         each curvature term by ``clip^2``, as the seller does."""
         s = np.asarray(sketches, dtype=np.float64)
         total = s.sum(0)
-        return cls(len(s), total, float(along_terms(s, unit(total), weights, clip).sum()))
+        return cls(len(s), total, float(along_terms(s @ unit(total), weights, clip).sum()))
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -88,9 +88,10 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else np.zeros_like(v)
 
 
-def along_terms(s: np.ndarray, u: np.ndarray, weights: np.ndarray | None, clip: float | None) -> np.ndarray:
-    """``w_i (s_i . u)^2``, each at most ``clip^2`` when clipping (one example's sensitivity)."""
-    terms = (s @ u) ** 2 * (1.0 if weights is None else weights)
+def along_terms(projections: np.ndarray, weights: np.ndarray | None, clip: float | None) -> np.ndarray:
+    """``w_i (s_i . u)^2`` from the projections ``s_i . u``, each at most ``clip^2`` when
+    clipping (one example's sensitivity)."""
+    terms = projections**2 * (1.0 if weights is None else weights)
     return np.minimum(terms, clip**2) if clip is not None else terms
 
 

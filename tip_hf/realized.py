@@ -53,7 +53,7 @@ def fine_tune(model: nn.Module, data: Batch, recipe: Recipe, seed: int = 0) -> n
     )
     n = len(next(iter(data.values())))
     batch = min(recipe.batch_size or n, n)
-    steps = recipe.total_steps(n - (recipe.joint_examples or 0)) if recipe.joint_examples else recipe.total_steps(n)
+    steps = recipe.total_steps(n - (recipe.joint_examples or 0))  # total_steps adds the joint rows back
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     at = 0

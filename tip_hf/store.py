@@ -158,6 +158,12 @@ class SketchStore:
         return self.manifest["proj_dim"]
 
     @property
+    def gradient_dim(self) -> int:
+        """D, the gradient coordinates the sketches project (``proj_dim`` when the manifest
+        does not say, as in stores written ``from_arrays``): Adam's step in the predictor."""
+        return int((self.manifest.get("projection") or {}).get("input_dim") or self.proj_dim)
+
+    @property
     def corpora(self) -> list[str]:
         return list(self.manifest["corpora"])
 

@@ -104,12 +104,11 @@ def plaintext_values(
     if not recipe.is_local and kept:
         sketches = np.concatenate(kept)
         weights = np.concatenate([curvature_weights(loss, len(part)) for loss, part in zip(losses, kept, strict=True)])
-        input_dim = int((store.manifest.get("projection") or {}).get("input_dim") or store.proj_dim)
         for i in range(len(names)):
             mine = code == i
             if mine.any():
                 moments = CorpusMoments.of(sketches[mine], weights[mine], clip_norm)
-                scales[i] = corpus_scale(moments, recipe, input_dim)
+                scales[i] = corpus_scale(moments, recipe, store.gradient_dim)
     rows = []
     for i, name in enumerate(names):
         mine = values[code == i] * scales[i]

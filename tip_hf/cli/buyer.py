@@ -236,12 +236,10 @@ def verify(
             fingerprint=b.fingerprint,
             **columns,
         )
-        values = plaintext_values(b.query, store, clip_norm=table.clip_norm)
-        scales = None
-        if table.recipe and table.recipe.get("learning_rate") is not None:  # the seller's stated scales too
-            predicted = plaintext_values(b.query, store, clip_norm=table.clip_norm, recipe=table.recipe)
-            scales = {name: float(row["scale"]) for name, row in predicted.as_dict().items()}  # type: ignore[arg-type]
-    recomputed = {name: float(values[name]["sum"]) for name in values.as_dict()}
+        # one pass: each row's scale (1 without a recipe) and scale x the first-order sum
+        values = plaintext_values(b.query, store, clip_norm=table.clip_norm, recipe=table.recipe).as_dict()
+    scales = {name: float(row["scale"]) for name, row in values.items()}  # type: ignore[arg-type]
+    recomputed = {name: float(row["sum"]) / scales[name] for name, row in values.items()}  # type: ignore[arg-type]
     checked = verify_values(table, recomputed, scales=scales)
     flags = _near_duplicate_flags(data, columns["text_column"], ids)
     diff = delivery_diff(scores, ids, opened) if isinstance(opened.get("ids"), dict) else {}

@@ -299,7 +299,7 @@ def _score_corpora(
             rows = clip_rows(shard.sketches.double(), clip).numpy()
             weights = curvature_weights(shard.losses, len(rows))
             projected = np.einsum("nk,nk->n", rows, directions[codes])
-            np.add.at(out, codes, along_terms(projected[:, None], np.ones(1), weights, clip))
+            np.add.at(out, codes, along_terms(projected, weights, clip))
         return out
 
     if version is not None and path is not None:
@@ -311,14 +311,13 @@ def _score_corpora(
         along = np.zeros(len(names))
     else:
         along = along_of((totals / totals.norm(dim=1, keepdim=True).clamp(min=1e-300)).numpy())
-    input_dim = int((store.manifest.get("projection") or {}).get("input_dim") or store.proj_dim)
     noise = None if version is None else (version.sigma, version.moment_sigma)
     scales = np.array(
         [
             corpus_scale(
                 CorpusMoments(int(counts[c]), totals[c].numpy(), float(along[c])),
                 recipe,
-                input_dim,
+                store.gradient_dim,
                 noise,
             )
             for c in range(len(names))
