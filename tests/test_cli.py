@@ -340,3 +340,27 @@ def test_cli_recipe_query_scores_and_verifies(market):
              "--model", "model", "--bundle", "bundle", "--keys", "keys", "--corpus-column", "corpus",
              cwd=buyer)  # fmt: skip
     assert "ids match the commitment" in ok.stdout and ": ok" in ok.stdout, ok.stdout
+
+
+def test_cli_column_query_for_per_example_values(market):
+    """`tip query --layout columns`: one ciphertext per pair of coordinates (the default packed
+    query is one ciphertext for the whole vector), for a seller's per-example release; the
+    values equal the plaintext per-example values."""
+    buyer, seller = market["buyer"], market["seller"]
+    out = tip("query", "--bundle", "bundle", "--keys", "keys", "-o", "columns.tip", "--layout", "columns", cwd=buyer)
+    assert "columns layout" in out.stdout
+    k = load_bundle(buyer / "bundle").spec.proj_dim
+    packed, columns = (buyer / "query.tip").stat().st_size, (buyer / "columns.tip").stat().st_size
+    assert columns > (k // 2) / 2 * packed  # k/2 + 1 ciphertexts against 2
+    shutil.copy(buyer / "columns.tip", seller / "columns.tip")
+    tip("score", "--store", "store", "--query", "columns.tip", "--context", "public_context.tip", "--release",
+        "example", "--allow-example-release", "--no-dp", "-o", "example-scores.tip", cwd=seller)  # fmt: skip
+    shutil.copy(seller / "example-scores.tip", buyer / "example-scores.tip")
+    tip("reveal", "--scores", "example-scores.tip", "--keys", "keys", "-o", "example-values.json", cwd=buyer)
+    values = json.loads((buyer / "example-values.json").read_text())
+    store = SketchStore(seller / "store")
+    expected = store.sketches().double() @ load_bundle(buyer / "bundle").query.double()
+    np.testing.assert_allclose(values["values"], expected.numpy(), atol=1e-4 * float(expected.abs().max()))
+    bad = tip("query", "--bundle", "bundle", "--keys", "keys", "-o", "x.tip", "--layout", "rows", cwd=buyer,
+              check=False)  # fmt: skip
+    assert bad.returncode != 0 and "--layout must be 'packed' or 'columns'" in bad.stderr

@@ -30,8 +30,13 @@ from tip_hf.he import (
 )
 from tip_hf.he import seal as S
 from tip_hf.he.kernel import QueryKernel
+from tip_hf.he.params import COLUMNS, PACKED
 
 K = 64
+# Every attack on a value ciphertext runs against both query layouts; a per-example release
+# of thousands of rows under a packed query takes ~5 ms a row, so those runs are slow tests.
+BOTH = [PACKED, COLUMNS]
+BOTH_SLOW_PACKED = [pytest.param(PACKED, marks=pytest.mark.slow), COLUMNS]
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +68,17 @@ def decode_all(result, keys: BuyerKeys) -> list[np.ndarray]:
 
 
 def forge_query(keys: BuyerKeys, slot_values: list[complex], template) -> Message:
-    """A query message whose ciphertext t encrypts ``slot_values[t]`` in every slot, followed
-    by the honest ``template``'s header-check ciphertext (its secret is recorded for the new id)."""
+    """A query message in the ``template``'s layout holding ``slot_values``: columns --
+    ciphertext t encrypts ``slot_values[t]`` in every slot; packed -- one ciphertext whose
+    slots are ``slot_values`` (any number up to N/2, past k/2 too), followed by the honest
+    ``template``'s header-check ciphertext (its secret is recorded for the new id)."""
     context = keys.public.context
     encoder, encryptor = seal.CKKSEncoder(context), seal.Encryptor(context, keys.secret_key)
+    packed = template.message.header["layout"] == PACKED
     blobs = []
-    for value in slot_values:
+    for value in [[complex(v) for v in slot_values]] if packed else slot_values:
         plain = seal.Plaintext()
-        encoder.encode(complex(value), 2.0**keys.public.params.query_scale_bits, plain)
+        encoder.encode(value if packed else complex(value), 2.0**keys.public.params.query_scale_bits, plain)
         blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
     header = dict(template.message.header, query_id=secrets.token_hex(16))
     keys.remember_query(header["query_id"], 0, keys.query_checks[template.query_id])
@@ -86,19 +94,26 @@ def dp_success_bound(epsilon: float, delta: float) -> float:
     return (np.exp(epsilon) + delta) / (1 + np.exp(epsilon))
 
 
-def test_unreleased_slots_carry_nothing(keys, store):
+@pytest.mark.parametrize("layout", BOTH)
+def test_unreleased_slots_carry_nothing(keys, store, layout):
+    """Every slot is flood noise or one released corpus's whole value; under a packed query
+    the values repeat with a period of 4 slots (3 released corpora), their copies equal."""
     st, sketches, _labels = store
     q = np.random.default_rng(1).normal(size=K)
     policy = ReleasePolicy(min_examples=10)  # "trio" (3 examples) is withheld
-    result = score_encrypted(encrypt_query(q, keys), st, keys.public, policy=policy, progress=False)
+    result = score_encrypted(encrypt_query(q, keys, layout=layout), st, keys.public, policy=policy, progress=False)
     (slots,) = decode_all(result, keys)
     header = result.header
     used = {c["slot"] for c in header["corpora"] if c["released"]}
-    rest = np.array([i for i in range(len(slots)) if i not in used])
+    period = 4 if layout == PACKED else len(slots)
+    copies = slots.real.reshape(-1, period)
+    assert np.abs(copies - copies[0]).max() < 1e-3 * header["flood_std"]  # copies: one value, one flood draw
+    rest = np.array([i for i in range(len(slots)) if i % period not in used])
     sigma = header["flood_std"]
     # unreleased slots, and every imaginary part, are flood noise only, of the seller's size
     assert np.abs(slots[rest].real).max() < 8 * sigma and np.abs(slots.imag).max() < 8 * sigma
-    assert abs(slots[rest].real.std() / sigma - 1) < 0.1 and abs(slots.imag.std() / sigma - 1) < 0.1
+    if layout == COLUMNS:  # packed: 4 distinct slots here (n/4 copies each); their size: the test below
+        assert abs(slots[rest].real.std() / sigma - 1) < 0.1 and abs(slots.imag.std() / sigma - 1) < 0.1
     withheld = next(c for c in header["corpora"] if c["name"] == "trio")
     assert set(withheld) == {"name", "released"}  # nothing published for a withheld corpus
     n = min(len(rest), len(sketches))
@@ -106,15 +121,18 @@ def test_unreleased_slots_carry_nothing(keys, store):
     assert np.abs(correlations).mean() < 0.05 and np.abs(correlations).max() < 4.5 / n**0.5
 
 
-def test_suffix_sum_reconstruction_fails(keys, store):
+@pytest.mark.parametrize("layout", BOTH_SLOW_PACKED)
+def test_suffix_sum_reconstruction_fails(keys, store, layout):
     """TenSEAL's `dot` leaves partial sums in the slots, so slot differences give the
     seller's vector back. Here slot differences are noise."""
     st, sketches, _labels = store
     q = np.ones(K)
     policy = ReleasePolicy(allow_example_release=True)
-    result = score_encrypted(encrypt_query(q, keys), st, keys.public, "example", policy, progress=False)
+    result = score_encrypted(encrypt_query(q, keys, layout=layout), st, keys.public, "example", policy, progress=False)
     decoded = decode_all(result, keys)
-    tail = decoded[-1][result.header["blocks"][-1]["count"] :].real  # slots past the last example
+    count = result.header["blocks"][-1]["count"]
+    period = 1 << (count - 1).bit_length() if layout == PACKED else len(decoded[-1])  # packed: copies repeat
+    tail = decoded[-1][np.arange(len(decoded[-1])) % period >= count].real  # slots past the last example
     assert np.abs(tail).max() < 8 * result.header["flood_std"]
     blocks = result.header["blocks"]
     first = decoded[0].real * 2.0 ** blocks[0]["exponent"]
@@ -128,13 +146,14 @@ def test_suffix_sum_reconstruction_fails(keys, store):
         assert np.min(np.abs(first[1:] - target)) > 1e-7 or abs(target) < 1e-6
 
 
-def test_imaginary_channel_is_closed(keys, store):
+@pytest.mark.parametrize("layout", BOTH_SLOW_PACKED)
+def test_imaginary_channel_is_closed(keys, store, layout):
     """A query q + i e_j would make the imaginary part of every slot read coordinate j. The
     conjugation leaves imaginary parts that are pure flood noise, and the real part is
     exactly what an honest real query would release."""
     st, sketches, _labels = store
     q = np.random.default_rng(2).normal(size=K) / K**0.5
-    honest = encrypt_query(q, keys)
+    honest = encrypt_query(q, keys, layout=layout)
     j = 10
     pairs = [complex(q[2 * t], -q[2 * t + 1]) for t in range(K // 2)]
     pairs[j // 2] += 1j * 0.5
@@ -151,7 +170,8 @@ def test_imaginary_channel_is_closed(keys, store):
     assert np.allclose(slots.real * scale, sketches.astype(np.float64) @ q_equiv, atol=1e-4)
 
 
-def test_imaginary_parts_are_fresh_noise_not_a_function_of_the_data(keys, tmp_path):
+@pytest.mark.parametrize("layout", BOTH)
+def test_imaginary_parts_are_fresh_noise_not_a_function_of_the_data(keys, tmp_path, layout):
     """Finding 1: the imaginary part used to carry the conjugation's key-switch noise, a
     deterministic function of the seller's plaintexts, so an honest buyer re-running the
     scorer on candidate data sets matched it (24 of 24 neighbour games). Now both parts are
@@ -163,7 +183,7 @@ def test_imaginary_parts_are_fresh_noise_not_a_function_of_the_data(keys, tmp_pa
     neighbour[0] = rng.normal(size=K) * 3
     labels = [f"c{i % 20}" for i in range(40)]
     stores = [synthetic_store(tmp_path / f"d{b}", data, labels) for b, data in enumerate((base, neighbour))]
-    query = encrypt_query(rng.normal(size=K), keys)
+    query = encrypt_query(rng.normal(size=K), keys, layout=layout)
 
     def imag(b: int) -> np.ndarray:
         return decode_all(score_encrypted(query, stores[b], keys.public, progress=False), keys)[0].imag
@@ -349,14 +369,17 @@ def test_budget_counts_only_answers(keys, store, tmp_path):
         score_encrypted(encrypt_query(np.ones(K), keys), st, keys.public, policy=policy, buyer="b", progress=False)
 
 
-def test_one_hot_and_wide_range_queries(keys, store):
+@pytest.mark.parametrize("layout", BOTH)
+def test_one_hot_and_wide_range_queries(keys, store, layout):
     """Without DP a one-hot query reveals one coordinate of each released corpus *sum*;
     individual sketches stay hidden, and packing coordinates at scales 1, 2^25, 2^50 into
     one query does not read them out separately: the small ones sink below the flooding."""
     st, sketches, labels = store
     j = 3
     policy = ReleasePolicy(min_examples=10, allow_example_release=False)
-    one_hot = score_encrypted(encrypt_query(np.eye(K)[j], keys), st, keys.public, policy=policy, progress=False)
+    one_hot = score_encrypted(
+        encrypt_query(np.eye(K)[j], keys, layout=layout), st, keys.public, policy=policy, progress=False
+    )
     table = decrypt_scores(one_hot, keys)
     big = sketches[labels == "big"].astype(np.float64)
     assert table["big"]["sum"] == pytest.approx(big[:, j].sum(), abs=1e-4)
@@ -366,7 +389,8 @@ def test_one_hot_and_wide_range_queries(keys, store):
     q = np.zeros(K)
     q[[0, 1, 2]] = [2.0**50, 2.0**25, 1.0]
     runs = [
-        decrypt_scores(score_encrypted(encrypt_query(q, keys), st, keys.public, progress=False), keys) for _ in range(2)
+        decrypt_scores(score_encrypted(encrypt_query(q, keys, layout=layout), st, keys.public, progress=False), keys)
+        for _ in range(2)
     ]
     a, b = ({r["corpus"]: r["sum"] for r in t.rows if r["released"]} for t in runs)
     noise = np.std([a[c] - b[c] for c in a]) / 2**0.5
@@ -374,13 +398,19 @@ def test_one_hot_and_wide_range_queries(keys, store):
     assert noise > 1e3 * abs(small)
 
 
-def test_results_are_flooded_and_rerandomised(keys, store):
+@pytest.mark.parametrize("layout", BOTH)
+def test_results_are_flooded_and_rerandomised(keys, store, layout, tmp_path):
     st, _sketches, _labels = store
-    query = encrypt_query(np.ones(K), keys)
+    if layout == PACKED:  # 1024 corpora: 1024 distinct slots (each in 4 copies) to measure the flooding on
+        rows = np.random.default_rng(6).normal(size=(2048, K))
+        st = synthetic_store(tmp_path / "many", rows, [f"c{i % 1024}" for i in range(2048)])
+    query = encrypt_query(np.ones(K), keys, layout=layout)
     first = score_encrypted(query, st, keys.public, progress=False)
     second = score_encrypted(query, st, keys.public, progress=False)
     assert first.blobs[0] != second.blobs[0]
     (a,), (b,) = decode_all(first, keys), decode_all(second, keys)
+    if layout == PACKED:
+        a, b = a[:1024], b[:1024]
     sigma = first.header["flood_std"]
     assert abs(np.std(a.real - b.real) / (2**0.5 * sigma) - 1) < 0.1
     assert abs(np.std(a.imag - b.imag) / (2**0.5 * sigma) - 1) < 0.1
@@ -390,15 +420,15 @@ def test_results_are_flooded_and_rerandomised(keys, store):
     low = BuyerKeys.generate(CKKSParams(8192, (52, 52, 52, 60), query_scale_bits=40, plain_scale_bits=40))
     q = np.random.default_rng(4).normal(size=K)
     q /= np.linalg.norm(q)
-    kernel = QueryKernel(encrypt_query(q, low).message, low.public, 40)
-    kernel.flood_std = 0.0
-    rows = st.sketches().double().numpy()[:4096]
+    kernel = QueryKernel(encrypt_query(q, low, layout=layout).message, low.public, 40)
+    kernel.flood_std = kernel.copy_flood_std = 0.0
+    rows = st.sketches().double().numpy()[: 4096 if layout == COLUMNS else 1024]  # packed: 1024 Horner rotations
     rows = rows / np.linalg.norm(rows, axis=1).max()
     context = low.public.context
     decryptor, encoder = seal.Decryptor(context, low.secret_key), seal.CKKSEncoder(context)
     plain = seal.Plaintext()
     decryptor.decrypt(S.load(seal.Ciphertext, context, kernel.release(rows)), plain)
-    error = np.asarray(encoder.decode_complex(plain))[:4096] - rows @ q
+    error = np.asarray(encoder.decode_complex(plain))[: len(rows)] - rows @ q
     measured = max(np.abs(error.real).max(), np.abs(error.imag).max())
     assert kernel.error_bound / 64 < measured <= kernel.error_bound, (measured, kernel.error_bound)
 
@@ -506,3 +536,66 @@ def test_bad_messages_give_clear_errors(keys, store):
         score_encrypted(
             Message("tip_hf.query", honest.message.header, honest.message.blobs[:-1]), st, keys.public, progress=False
         )
+
+
+def test_packed_query_slots_past_k_over_2_read_nothing(keys, store):
+    """The packed query's slots past its k/2 pairs meet only zeros of the seller: a buyer who
+    fills them (here with large values, and a second query) gets what the honest query gets."""
+    st, _sketches, _labels = store
+    q = np.random.default_rng(8).normal(size=K) / K**0.5
+    honest = encrypt_query(q, keys)
+    pairs = [complex(q[2 * t], -q[2 * t + 1]) for t in range(K // 2)]
+    garbage = np.random.default_rng(9).normal(size=keys.public.params.slots - K // 2) * 0.5
+    forged = forge_query(keys, pairs + [complex(g, g) for g in garbage], honest)
+    want = decrypt_scores(score_encrypted(honest, st, keys.public, progress=False), keys)
+    got = decrypt_scores(score_encrypted(forged, st, keys.public, progress=False), keys)
+    for row in want.rows:
+        assert got[row["corpus"]]["sum"] == pytest.approx(row["sum"], abs=8 * row["noise_std"] + 1e-9)
+
+
+def test_packed_copies_of_a_value_average_to_no_less_noise(keys, tmp_path):
+    """Under a packed query each corpus's value sits in n/P slots. Its flooding is one draw
+    repeated in every copy (plus a per-slot draw for what key switches make differ), so a
+    buyer averaging the 32 copies of each of 100 values still sees the full flooding std."""
+    rng = np.random.default_rng(10)
+    rows = rng.normal(size=(400, K)) / K**0.5
+    labels = [f"c{i % 100}" for i in range(400)]
+    st = synthetic_store(tmp_path / "s", rows, labels)
+    q = rng.normal(size=K)
+    result = score_encrypted(encrypt_query(q, keys), st, keys.public, progress=False)
+    (slots,) = decode_all(result, keys)
+    copies = slots.real.reshape(-1, 128)  # 100 corpora: period 128, 32 copies
+    header = result.header
+    scale = 2.0 ** (header["exponent"] + keys.query_exponents[header["query_id"]])
+    truth = np.zeros(128)
+    for c in header["corpora"]:
+        truth[c["slot"]] = rows[[i for i, label in enumerate(labels) if label == c["name"]]].sum(0) @ q / scale
+    residual = (copies.mean(0) - truth)[:100]
+    assert 0.75 < residual.std() / header["flood_std"] < 1.3  # averaging 32 copies would give 0.18
+    assert np.abs(copies - copies[0]).max() < 1e-6 * header["flood_std"]
+
+
+def test_keys_without_rotation_keys_serve_column_queries_only(tmp_path, store):
+    """Keys made before the packed layout hold only the conjugation key: the buyer is told to
+    make new keys or ask for a column query, the seller refuses a packed query under them."""
+    from tip_hf.he.keys import PublicContext as Public
+
+    st, _sketches, _labels = store
+    fresh = BuyerKeys.generate()
+    context, params = fresh.public.context, fresh.public.params
+    keygen = seal.KeyGenerator(context)
+    public_key = seal.PublicKey()
+    keygen.create_public_key(public_key)
+    galois = seal.GaloisKeys()
+    keygen.create_galois_keys([2 * params.poly_modulus_degree - 1], galois)
+    blobs = (fresh.public.blobs[0], S.to_bytes(public_key), S.to_bytes(galois))
+    old = BuyerKeys(Public(params, context, public_key, galois, blobs), keygen.secret_key())
+    assert not old.public.can_rotate and fresh.public.can_rotate
+    with pytest.raises(ValueError, match=r"no rotation keys.*tip keygen"):
+        encrypt_query(np.ones(K), old)
+    table = decrypt_scores(score_encrypted(encrypt_query(np.ones(K), old, layout=COLUMNS), st, old.public), old)
+    assert table["big"]["released"]
+    forged = encrypt_query(np.ones(K), fresh).message  # a packed query sent with the old context
+    forged = Message(forged.kind, dict(forged.header, context_hash=old.public.hash), forged.blobs)
+    with pytest.raises(MessageError, match="rotation keys"):
+        score_encrypted(forged, st, old.public, progress=False)

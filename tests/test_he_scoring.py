@@ -12,6 +12,7 @@ from helpers import synthetic_store
 from tip_hf import SpecMismatchError, ValuationSpec, plaintext_values
 from tip_hf.he import BuyerKeys, PolicyError, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
 from tip_hf.he.dp import MOMENT_SHARE
+from tip_hf.he.params import COLUMNS, PACKED
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +66,13 @@ def test_corpus_values_match_plaintext(tmp_path, keys, k):
         assert max(np.unique(labels, return_counts=True)[1]) > keys.public.params.slots
 
 
-def test_example_values_match_plaintext_across_blocks(tmp_path, keys):
+@pytest.mark.parametrize("layout", [COLUMNS, pytest.param(PACKED, marks=pytest.mark.slow)])  # packed: ~5 ms a row
+def test_example_values_match_plaintext_across_blocks(tmp_path, keys, layout):
     k = 1024
     sketches, labels = market(9000, k, seed=3)  # > 2 blocks of 4096 slots, shards of 3000
     store = synthetic_store(tmp_path / "s", sketches, labels)
     q = np.random.default_rng(2).normal(size=k)
-    query = encrypt_query(q, keys, store.spec)
+    query = encrypt_query(q, keys, store.spec, layout=layout)
     result = score_encrypted(
         query, store, keys.public, release="example", policy=ReleasePolicy(allow_example_release=True), progress=False
     )
@@ -149,7 +151,7 @@ def test_parallel_workers_give_the_same_values(tmp_path, keys):
     k = 64
     sketches, labels = market(9000, k, seed=5)
     store = synthetic_store(tmp_path / "s", sketches, labels)
-    query = encrypt_query(np.random.default_rng(0).normal(size=k), keys)
+    query = encrypt_query(np.random.default_rng(0).normal(size=k), keys, layout=COLUMNS)
     policy = ReleasePolicy(allow_example_release=True)
     one = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, progress=False), keys)
     two = decrypt_scores(score_encrypted(query, store, keys.public, "example", policy, workers=2, progress=False), keys)

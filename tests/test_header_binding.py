@@ -37,7 +37,7 @@ from tip_hf.he import (
 from tip_hf.he import query as query_module
 from tip_hf.he import seal as S
 from tip_hf.he.kernel import QueryKernel
-from tip_hf.he.params import LAYOUT
+from tip_hf.he.params import COLUMNS, LAYOUT
 from tip_hf.he.scoring import RESULT_KIND
 
 K = 16
@@ -129,8 +129,8 @@ def fresh_encryption(keys: BuyerKeys, values: np.ndarray) -> bytes:
 # -- (a) honest results ---------------------------------------------------------------------------
 def test_honest_result_decrypts_to_the_plaintext_values(keys, scored):
     query, result, truth = scored
-    assert query.message.header["layout"] == LAYOUT == "complex-pairs/3"
-    assert len(query.message.blobs) == K // 2 + 1  # the vector's complex pairs, then the check
+    assert query.message.header["layout"] == LAYOUT == "packed/1"
+    assert len(query.message.blobs) == 2  # the vector's complex pairs in one ciphertext, then the check
     header = Message.from_bytes(result, RESULT_KIND).header
     assert header["check"]["slots"] == binding.CHECK_SLOTS
     assert len(Message.from_bytes(result, RESULT_KIND).blobs) == len(header["blob_sha256"]) + 1
@@ -367,7 +367,8 @@ def test_per_example_results_are_bound(keys, tmp_path, monkeypatch):
     store = synthetic_store(tmp_path / "s", sketches, labels)
     q = rng.normal(size=K)
     policy = ReleasePolicy(allow_example_release=True)
-    result = score_encrypted(encrypt_query(q, keys), store, keys.public, "example", policy, progress=False)
+    query = encrypt_query(q, keys, layout=COLUMNS)  # the binding is the same in both layouts
+    result = score_encrypted(query, store, keys.public, "example", policy, progress=False)
     assert len(result.header["blocks"]) == 2 and len(result.blobs) == 3  # two blocks, then the check
     honest = decrypt_scores(result, keys)
     np.testing.assert_allclose(honest.values, sketches.astype(np.float32).astype(np.float64) @ q, atol=1e-4)
@@ -394,15 +395,19 @@ def test_per_example_results_are_bound(keys, tmp_path, monkeypatch):
 # -- query layout, keys and queries.json ------------------------------------------------------
 def test_query_layout_and_old_queries(keys, market):
     store, _, _ = market
-    odd = encrypt_query(np.ones(15), keys)
+    odd = encrypt_query(np.ones(15), keys, layout=COLUMNS)
     assert len(odd.message.blobs) == math.ceil(15 / 2) + 1
-    query = encrypt_query(np.ones(K), keys)
+    assert len(encrypt_query(np.ones(8193 * 2), keys).message.blobs) == 3 + 1  # packed: 4096 pairs a ciphertext
+    query = encrypt_query(np.ones(K), keys, layout=COLUMNS)
     old = Message("tip_hf.query", dict(query.message.header, layout="complex-pairs/2"), query.message.blobs[:-1])
     with pytest.raises(MessageError, match=r"layout 'complex-pairs/2'.*new query"):
         score_encrypted(old, store, keys.public, progress=False)
     short = Message("tip_hf.query", query.message.header, query.message.blobs[:-1])
     with pytest.raises(MessageError, match=r"so 9 ciphertexts \(8 for the vector, 1 header check\), but holds 8"):
         score_encrypted(short, store, keys.public, progress=False)
+    packed = encrypt_query(np.ones(K), keys).message
+    with pytest.raises(MessageError, match=r"packed/1 and so 2 ciphertexts \(1 for the vector"):
+        score_encrypted(Message(packed.kind, packed.header, packed.blobs * 2), store, keys.public, progress=False)
     # keys of the previous layout are the same keys: they still load
     params = dict(keys.public.params.to_dict(), layout="complex-pairs/2")
     assert CKKSParams.from_dict(params) == keys.public.params

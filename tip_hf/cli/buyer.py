@@ -73,15 +73,27 @@ def query(
         int | None,
         typer.Option(help="You train on this many own examples plus the corpus.", rich_help_panel="Recipe"),
     ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="packed: ~0.4 MB, the seller rotates (per-corpus values). columns: one ciphertext per pair of "
+            "coordinates (~90 KB each; k=4096 -> 374 MB), the faster choice for per-example values over many "
+            "thousands of candidates.",
+        ),
+    ] = "packed",
 ) -> None:
     """Buyer: encrypt the bundle's query under the buyer's key, bound to its spec fingerprint,
     with the fine-tuning recipe the values should predict."""
     from ..bundle import load_bundle
     from ..he import BuyerKeys, encrypt_query
+    from ..he.params import COLUMNS, PACKED
     from ..recipe import Recipe
 
     need(bundle, "bundle directory", "train with TIPCallback(output_dir=...) first")
     need(keys, "keys directory", "run `tip keygen` first")
+    layouts = {"packed": PACKED, "columns": COLUMNS}
+    if layout not in layouts:
+        raise typer.BadParameter(f"--layout must be 'packed' or 'columns', got {layout!r}.")
     if lr is None and any(v is not None for v in (steps, epochs, batch_size, joint_examples)):
         raise typer.BadParameter("--steps, --epochs, --batch-size and --joint-examples need --lr.")
     recipe = (
@@ -93,9 +105,13 @@ def query(
     recipe = recipe.with_trust_radius(
         float(summary.get("eval_loss") or 0), float(summary.get("eval_gradient_norm") or 0)
     )
-    encrypted = encrypt_query(b.query, k, b.spec, fingerprint=b.fingerprint, recipe=recipe)
+    encrypted = encrypt_query(b.query, k, b.spec, fingerprint=b.fingerprint, recipe=recipe, layout=layouts[layout])
     encrypted.save(out)
-    typer.echo(f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}, recipe: {recipe.name}) written to {out}")
+    size = out.stat().st_size / 1e6
+    typer.echo(
+        f"encrypted query {encrypted.query_id} (k = {b.spec.proj_dim}, recipe: {recipe.name}, {layout} layout, "
+        f"{size:.2f} MB) written to {out}"
+    )
 
 
 class Payout(str, Enum):

@@ -1,11 +1,22 @@
 """The CKKS kernel: the only code that touches the buyer's ciphertexts. Small on purpose.
 
-Layout ("complex pairs", column-wise, no rotation): query ciphertext ``t`` holds
-``a_t = q[2t] - i q[2t+1]`` in every slot at scale ``2^query_scale_bits``; for a block of up
-to N/2 rows (corpus sums or examples) the seller encodes plaintext ``t`` with
-``b_t = (s[:, 2t] + i s[:, 2t+1]) / 2`` at scale ``2^plain_scale_bits``. Then, per block,
+Both query layouts hold the complex pairs ``a_t = q[2t] - i q[2t+1]`` (``t < d = ceil(k/2)``)
+at scale ``2^query_scale_bits``; the seller encodes, for row ``r`` of a block (corpus sums or
+examples, at most N/2 rows), ``B[r, t] = (s_r[2t] + i s_r[2t+1]) / 2`` at scale
+``2^plain_scale_bits``, so that ``Re sum_t a_t B[r, t] = <q, s_r> / 2``. No rescale.
 
-    acc  = sum_t Enc(a_t) * b_t            k/2 plaintext multiplications, no rescale
+* **columns** (``complex-pairs/3``): query ciphertext ``t`` holds ``a_t`` in every slot.
+  ``acc = sum_t Enc(a_t) * B[:, t]``: d plaintext multiplications, slot ``r`` = row ``r``.
+* **packed** (``packed/1``): ciphertext ``c`` holds ``a_{cn+u}`` in slot ``u`` (``n = N/2``).
+  For a block of m rows, ``P = 2^ceil(log2 m)`` diagonals: ``X_j = sum_c Enc(a_c) * D_{c,j}``
+  with ``D_{c,j}[u] = B[(u - j) mod P, cn + u]``, summed by Horner's rule with rotations by
+  one slot, ``acc = X_0 + rot(X_1 + rot(X_2 + ...))``, then folded by rotations of P, 2P,
+  ..., n/2 slots. Slot ``u`` then holds the *whole* row ``u mod P``: every coordinate of a row
+  meets exactly one query slot, and no slot holds a partial sum. Only products are rotated
+  (never the query), so the rotations' key-switch errors sit at the product scale.
+
+Then, in both layouts, per block:
+
     acc += conj(acc)                       slot i: <q, s_i>, imaginary part 0
     acc += Encode(f_re + i f_im)           flooding, both parts, after the last key switch
     acc += Enc_pk(0)                       re-randomisation
@@ -17,10 +28,13 @@ conjugates, floods and re-randomises exactly as above: slot ``i`` decrypts to ``
 The value blocks never touch it.
 
 Flooding: every data-dependent error the buyer could decode (the seller's encoding rounding,
-the key switch of the conjugation, and the query's own noise, which the buyer knows) is
-bounded by :func:`evaluation_error_bound` for a query of norm <= 1 per slot; the flooding
-std is ``2^s`` times that bound, ``s`` the seller's ``flood_bits``. Nothing of it is read
-from the buyer's messages. A query with out-of-range values can enlarge the rounding term
+the key switches of the rotations and the conjugation, and the query's own noise, which the
+buyer knows) is bounded by :func:`evaluation_error_bound` for a query of norm <= 1 per slot;
+the flooding std is ``2^s`` times that bound, ``s`` the seller's ``flood_bits``. Nothing of
+it is read from the buyer's messages. In a packed block of period P < n each row sits in n/P
+slots: its flooding is one draw, the same in all of them (averaging the copies gains
+nothing), plus an independent draw per slot, 2^s times what the rotations' key switches can
+make the copies differ by. A query with out-of-range values can enlarge the rounding term
 beyond the bound (the seller cannot see encrypted values); DP by input perturbation, on by
 default, is the guarantee there: the rounding is then a function of already-noised sums.
 """
@@ -35,7 +49,7 @@ import tenseal.sealapi as seal
 
 from .keys import PublicContext
 from .messages import Message, MessageError
-from .params import LAYOUT
+from .params import COLUMNS, PACKED, QUERY_LAYOUTS
 from .seal import SealLoadError, to_bytes
 from .seal import load as load_seal
 
@@ -44,16 +58,23 @@ __all__ = ["QueryKernel", "evaluation_error_bound"]
 ERROR_STD = 3.2  # SEAL's default error standard deviation (noise_standard_deviation)
 
 
-def evaluation_error_bound(poly_modulus_degree: int, query_scale_bits: int, plain_scale_bits: int) -> float:
+def evaluation_error_bound(
+    poly_modulus_degree: int, query_scale_bits: int, plain_scale_bits: int, key_switches: int = 1
+) -> float:
     """A 6-sigma bound (normalised value units) on one slot's evaluation error when
     ``|a| <= 1`` and ``|b| <= 1`` over the k/2 products: the query's fresh error
     (``sigma sqrt(N)`` per slot, times ``|b|``), the plaintext rounding (``sqrt(N/12)`` per
-    slot, times ``|a|``), and the conjugation's key switch (~``N`` in absolute units)."""
+    slot, times ``|a|``), and ``key_switches`` key switches at the product scale (~``N`` each
+    in absolute units; the conjugation, and in the packed layout the rotations)."""
     n = poly_modulus_degree
     query_error = 6 * ERROR_STD * math.sqrt(n) / 2.0**query_scale_bits
     rounding = 6 * math.sqrt(n / 12) / 2.0**plain_scale_bits
-    key_switch = 6 * n / 2.0 ** (query_scale_bits + plain_scale_bits)
-    return query_error + rounding + key_switch
+    return query_error + rounding + key_switches * key_switch_bound(n, query_scale_bits + plain_scale_bits)
+
+
+def key_switch_bound(poly_modulus_degree: int, product_scale_bits: int) -> float:
+    """A 6-sigma bound (normalised units) on one key switch's error in one slot."""
+    return 6 * poly_modulus_degree / 2.0**product_scale_bits
 
 
 class QueryKernel:
@@ -65,30 +86,47 @@ class QueryKernel:
         self.encoder, self.evaluator = seal.CKKSEncoder(context), seal.Evaluator(context)
         self.encryptor = seal.Encryptor(context, public.public_key)
         header = query.header
-        if header.get("layout") != LAYOUT:
+        self.layout = header.get("layout")
+        if self.layout not in QUERY_LAYOUTS:
             raise MessageError(
-                f"The query uses layout {str(header.get('layout'))[:40]!r}; this seller scores {LAYOUT!r}. "
+                f"The query uses layout {str(self.layout)[:40]!r}; this seller scores {list(QUERY_LAYOUTS)}. "
                 "The buyer must make a new query with this tip_hf release."
+            )
+        if self.layout == PACKED and not public.can_rotate:
+            raise MessageError(
+                "A packed query needs rotation keys, and this public context has none (keys made by an older "
+                "tip_hf). The buyer must send its current public context, or make new keys (tip keygen)."
             )
         k = header.get("proj_dim")
         if type(k) is not int or not 0 < k <= 1 << 20:
             raise MessageError(f"The query's `proj_dim` must be a positive integer, got {k!r}.")
         self.k = k
-        expected = math.ceil(k / 2) + 1
+        pairs = math.ceil(k / 2)
+        expected = (pairs if self.layout == COLUMNS else math.ceil(pairs / self.params.slots)) + 1
         if len(query.blobs) != expected:
             raise MessageError(
-                f"The query declares k={k} and so {expected} ciphertexts ({expected - 1} for the vector, 1 header "
-                f"check), but holds {len(query.blobs)}."
+                f"The query declares k={k} in layout {self.layout} and so {expected} ciphertexts ({expected - 1} "
+                f"for the vector, 1 header check), but holds {len(query.blobs)}."
             )
         self.query_scale = 2.0**self.params.query_scale_bits
         self.plain_scale = 2.0**self.params.plain_scale_bits
         checked = [self._checked(context, blob, t) for t, blob in enumerate(query.blobs)]
         self.cts, self.check_ct = checked[:-1], checked[-1]
-        bound = evaluation_error_bound(
-            self.params.poly_modulus_degree, self.params.query_scale_bits, self.params.plain_scale_bits
+        n = self.params.slots
+        # packed: <= n Horner rotations and <= n/P fold rotations reach a slot (each rotation's
+        # error is summed over the n/P copies it lands in), plus the conjugation
+        self.key_switches = 2 * n + 1 if self.layout == PACKED else 1
+        poly, query_bits, plain_bits = (
+            self.params.poly_modulus_degree,
+            self.params.query_scale_bits,
+            self.params.plain_scale_bits,
         )
+        bound = evaluation_error_bound(poly, query_bits, plain_bits, self.key_switches)
         self.error_bound = bound
         self.flood_std = 2.0**flood_bits * bound
+        # per-slot flooding of what key switches can make copies of one row differ by (times
+        # the number of copies, so that no average over them stands out either)
+        self.copy_flood_std = 2.0**flood_bits * self.key_switches * key_switch_bound(poly, query_bits + plain_bits)
         self.rng = np.random.default_rng(secrets.randbits(128))
 
     def check_precision(self) -> None:
@@ -130,8 +168,11 @@ class QueryKernel:
             raise ValueError(f"A block must be [<= {slots}, {self.k}], got {list(rows.shape)}.")
         if rows.shape[1] % 2:
             rows = np.pad(rows, ((0, 0), (0, 1)))
-        pairs = np.ascontiguousarray(((rows[:, 0::2] + 1j * rows[:, 1::2]) / 2).T)
-        return self._finish(self._products(self.cts, pairs))
+        pairs = (rows[:, 0::2] + 1j * rows[:, 1::2]) / 2
+        if self.layout == COLUMNS:
+            return self._finish(self._products(self.cts, np.ascontiguousarray(pairs.T)))
+        period = 1 << max(0, len(rows) - 1).bit_length()  # rows per fold period: a power of two >= m
+        return self._finish(self._packed_products(pairs, period), period)
 
     def release_check(self, rows: np.ndarray) -> bytes:
         """``rows``: ``[m <= N/2, 2]``, every row's norm <= 1 (the header's public pairs ``H``).
@@ -145,32 +186,80 @@ class QueryKernel:
 
     def _products(self, cts: list[seal.Ciphertext], pairs: np.ndarray) -> seal.Ciphertext:
         """``sum_t cts[t] * Encode(pairs[t])``, no rescale; an encryption of zero if every column is zero."""
-        evaluator = self.evaluator
         acc = None
         for ct, column in zip(cts, pairs, strict=True):
             if not column.any():
                 continue
-            plain, product = seal.Plaintext(), seal.Ciphertext()
-            self.encoder.encode(column.tolist(), ct.parms_id(), self.plain_scale, plain)
-            evaluator.multiply_plain(ct, plain, product)
+            product = self._times(ct, column.tolist())
             if acc is None:
                 acc = product
             else:
-                evaluator.add_inplace(acc, product)
-        if acc is None:  # nothing released in this block: an encryption of zero
-            acc = seal.Ciphertext()
-            self.encryptor.encrypt_zero(self.public.context.first_parms_id(), acc)
-            acc.scale = self.query_scale * self.plain_scale
+                self.evaluator.add_inplace(acc, product)
+        return self._zero() if acc is None else acc  # nothing released in this block: zero
+
+    def _packed_products(self, pairs: np.ndarray, period: int) -> seal.Ciphertext:
+        """Slot ``u`` of the result: ``sum_t a_t pairs[u mod period, t]``, for every ``u``
+        (``pairs``: ``[m <= period, d]``; rows past m are zero). Horner over the ``period``
+        diagonals, then a fold of ``n / period`` copies; rotations act on products only."""
+        n, evaluator, keys = self.params.slots, self.evaluator, self.public.galois_keys
+        m, d = pairs.shape
+        slot = np.arange(n)
+        acc: seal.Ciphertext | None = None
+        for j in reversed(range(period)):
+            if acc is not None:
+                evaluator.rotate_vector_inplace(acc, 1, keys)
+            rows = (slot - j) % period
+            for c, ct in enumerate(self.cts):
+                cols = c * n + slot
+                inside = (rows < m) & (cols < d)
+                diagonal = np.zeros(n, dtype=complex)
+                diagonal[inside] = pairs[rows[inside], cols[inside]]
+                if not diagonal.any():
+                    continue
+                product = self._times(ct, diagonal.tolist())
+                if acc is None:
+                    acc = product
+                else:
+                    evaluator.add_inplace(acc, product)
+        if acc is None:
+            return self._zero()
+        step = period
+        while step < n:
+            rotated = seal.Ciphertext()
+            evaluator.rotate_vector(acc, step, keys, rotated)
+            evaluator.add_inplace(acc, rotated)
+            step *= 2
         return acc
 
-    def _finish(self, acc: seal.Ciphertext) -> bytes:
+    def _times(self, ct: seal.Ciphertext, values: list[complex]) -> seal.Ciphertext:
+        plain, product = seal.Plaintext(), seal.Ciphertext()
+        self.encoder.encode(values, ct.parms_id(), self.plain_scale, plain)
+        self.evaluator.multiply_plain(ct, plain, product)
+        return product
+
+    def _zero(self) -> seal.Ciphertext:
+        """An encryption of zero at the product scale (a block with nothing to release)."""
+        acc = seal.Ciphertext()
+        self.encryptor.encrypt_zero(self.public.context.first_parms_id(), acc)
+        acc.scale = self.query_scale * self.plain_scale
+        return acc
+
+    def _finish(self, acc: seal.Ciphertext, period: int | None = None) -> bytes:
         """Conjugate-add (real parts doubled, imaginary parts cancelled), flood both parts of
-        every slot after that last key switch, re-randomise with a fresh ``Enc_pk(0)``."""
+        every slot after that last key switch, re-randomise with a fresh ``Enc_pk(0)``.
+        ``period``: the slots repeat with this period (a packed block): one flood draw per
+        distinct slot, repeated, plus an independent per-slot draw for the copies' differences."""
         evaluator = self.evaluator
         conjugate = seal.Ciphertext()
         evaluator.complex_conjugate(acc, self.public.galois_keys, conjugate)
         evaluator.add_inplace(acc, conjugate)
-        flood = self.rng.normal(0.0, self.flood_std, (2, self.params.slots))
+        n = self.params.slots
+        if period is None or period >= n:
+            flood = self.rng.normal(0.0, self.flood_std, (2, n))
+        else:
+            copies = n // period
+            flood = np.tile(self.rng.normal(0.0, self.flood_std, (2, period)), copies)
+            flood += self.rng.normal(0.0, copies * self.copy_flood_std, (2, n))
         plain = seal.Plaintext()
         self.encoder.encode((flood[0] + 1j * flood[1]).tolist(), acc.parms_id(), acc.scale, plain)
         evaluator.add_plain_inplace(acc, plain)

@@ -17,7 +17,7 @@ from .binding import SEED_BYTES
 from .messages import Message, MessageError, read_message
 from .params import CKKSParams, ParamsError, get_preset
 
-__all__ = ["PublicContext", "BuyerKeys", "KeyFileError"]
+__all__ = ["PublicContext", "BuyerKeys", "KeyFileError", "rotation_elements"]
 
 PUBLIC_KIND = "tip_hf.public_context"
 SECRET_KIND = "tip_hf.secret_key"
@@ -28,7 +28,8 @@ QUERIES_FILE = "queries.json"
 
 @dataclass
 class PublicContext:
-    """Parameters, public key and the one Galois key (complex conjugation) the seller needs.
+    """Parameters, public key and the Galois keys the seller needs: complex conjugation, and
+    (keys made by this release) one rotation per power of two below N/2, for packed queries.
 
     ``hash`` (SHA-256 over the three) binds queries and results to this context. It names
     the *key*, not the buyer: a buyer can mint any number of contexts, so nothing the seller
@@ -50,6 +51,12 @@ class PublicContext:
     @property
     def conjugation_element(self) -> int:
         return 2 * self.params.poly_modulus_degree - 1
+
+    @property
+    def can_rotate(self) -> bool:
+        """Whether these keys rotate by every power of two below N/2 (a packed query needs it;
+        keys made before tip_hf's packed layout do not)."""
+        return all(self.galois_keys.has_key(element) for element in rotation_elements(self.params))
 
     def to_message(self) -> Message:
         return Message(PUBLIC_KIND, {"params": self.params.to_dict(), "context_hash": self.hash}, list(self.blobs))
@@ -116,9 +123,10 @@ class BuyerKeys:
         secret_key = keygen.secret_key()
         public_key = seal.PublicKey()
         keygen.create_public_key(public_key)
-        galois_keys = seal.GaloisKeys()
-        keygen.create_galois_keys([2 * params.poly_modulus_degree - 1], galois_keys)
-        blobs = (S.parms_bytes(params), S.to_bytes(public_key), S.to_bytes(galois_keys))
+        elements = [2 * params.poly_modulus_degree - 1, *rotation_elements(params)]
+        galois_blob = S.to_bytes(keygen.create_galois_keys(elements))  # seeded: half the bytes
+        galois_keys = S.load(seal.GaloisKeys, context, galois_blob)
+        blobs = (S.parms_bytes(params), S.to_bytes(public_key), galois_blob)
         return cls(PublicContext(params, context, public_key, galois_keys, blobs), secret_key)
 
     @property
@@ -197,6 +205,12 @@ class BuyerKeys:
                 check = self.query_checks.get(query_id)
                 records[query_id] = exponent if check is None else {"exponent": exponent, "check": check}
             _write_private(self.directory / QUERIES_FILE, json.dumps(records, indent=1).encode())
+
+
+def rotation_elements(params: CKKSParams) -> list[int]:
+    """Galois elements of the left rotations by 1, 2, 4, ..., N/4 slots (``3^step mod 2N``)."""
+    n = params.poly_modulus_degree
+    return [pow(3, 1 << i, 2 * n) for i in range((n // 2).bit_length() - 1)]
 
 
 def _read_queries(path: Path) -> tuple[dict[str, int], dict[str, str]]:

@@ -23,15 +23,36 @@ from typing import Any
 
 from ..errors import ParamsError
 
-__all__ = ["KEY_LAYOUTS", "LAYOUT", "MAX_LOG_Q_128", "PRESETS", "CKKSParams", "ParamsError", "get_preset"]
+__all__ = [
+    "COLUMNS",
+    "KEY_LAYOUTS",
+    "KEYS_LAYOUT",
+    "LAYOUT",
+    "MAX_LOG_Q_128",
+    "PACKED",
+    "PRESETS",
+    "QUERY_LAYOUTS",
+    "CKKSParams",
+    "ParamsError",
+    "get_preset",
+]
 
 MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
-# The query layout of this release: ceil(k/2) complex-pair ciphertexts of the vector, then one
-# header-check ciphertext (tip_hf.he.binding); no rescale, seller-owned flooding.
-LAYOUT = "complex-pairs/3"
-# Keys (parameters, public key, conjugation key) of these layouts are the same as this one's:
-# a buyer keeps its keys across them; only its queries must be new (QueryKernel checks LAYOUT).
-KEY_LAYOUTS = (LAYOUT, "complex-pairs/2")
+# Query layouts (tip_hf.he.kernel), each followed by one header-check ciphertext
+# (tip_hf.he.binding); no rescale, seller-owned flooding in both.
+# PACKED: the k/2 complex pairs of q fill the slots of ceil(k/2 / (N/2)) ciphertexts (one up to
+# k = N); the seller rotates its products (rotation keys in the public context). ~0.4 MB.
+PACKED = "packed/1"
+# COLUMNS: ceil(k/2) ciphertexts, pair t broadcast in every slot; no rotation, the fastest for
+# per-example release over many candidates, but ~90 KB per coordinate pair.
+COLUMNS = "complex-pairs/3"
+QUERY_LAYOUTS = (PACKED, COLUMNS)
+LAYOUT = PACKED  # the default
+# Keys of this release: public key, conjugation key, and one rotation key per power of two
+# below N/2 (what PACKED needs). Keys of the older layouts (no rotation keys) still load and
+# serve COLUMNS queries; only their queries must be new (QueryKernel checks the query layout).
+KEYS_LAYOUT = "rotations/1"
+KEY_LAYOUTS = (KEYS_LAYOUT, COLUMNS, "complex-pairs/2")
 
 
 @dataclass(frozen=True)
@@ -95,7 +116,7 @@ class CKKSParams:
             "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes),
             "query_scale_bits": self.query_scale_bits,
             "plain_scale_bits": self.plain_scale_bits,
-            "layout": LAYOUT,
+            "layout": KEYS_LAYOUT,
         }
 
     @classmethod
@@ -106,7 +127,7 @@ class CKKSParams:
         if data.get("layout") not in KEY_LAYOUTS:
             raise ParamsError(
                 f"These CKKS parameters are for layout {data.get('layout', 'complex-pairs/1')!r}; this tip_hf "
-                f"uses {LAYOUT!r}. Make new keys with `tip keygen` (BuyerKeys.generate()) and a new query."
+                f"uses {KEYS_LAYOUT!r}. Make new keys with `tip keygen` (BuyerKeys.generate()) and a new query."
             )
         try:
             bits = data["coeff_mod_bit_sizes"]

@@ -19,7 +19,7 @@ from . import seal as S
 from .binding import SEED_BYTES, secret_rows
 from .keys import BuyerKeys
 from .messages import Message
-from .params import LAYOUT
+from .params import COLUMNS, PACKED, QUERY_LAYOUTS
 
 __all__ = ["QUERY_KIND", "EncryptedQuery", "encrypt_query", "spec_binding"]
 
@@ -57,6 +57,7 @@ def encrypt_query(
     fingerprint: str | None = None,
     model: torch.nn.Module | None = None,
     recipe: Recipe | None = None,
+    layout: str = PACKED,
 ) -> EncryptedQuery:
     """Encrypt the buyer's query vector ``q`` (``[k]``, real) under its own secret key.
 
@@ -73,6 +74,13 @@ def encrypt_query(
     predict the eval-loss drop under it. Default: the ``local`` recipe (first-order influence).
     Give it a ``trust_radius`` (:meth:`Recipe.with_trust_radius`, from the bundle's eval loss
     and eval gradient norm) unless every fine-tune is short.
+
+    ``layout``: ``"packed/1"`` (default, :data:`~tip_hf.he.params.PACKED`): the k/2 complex
+    pairs fill the slots of ``ceil(k / N)`` ciphertexts, ~0.4 MB in all at k <= 8192 (the
+    seller rotates; the keys must have rotation keys, as ``BuyerKeys.generate`` makes them).
+    ``"complex-pairs/3"`` (:data:`~tip_hf.he.params.COLUMNS`): one ciphertext per pair, ~90 KB
+    each, which the seller multiplies without rotating -- the faster layout for a per-example
+    release over many thousands of candidates.
     """
     recipe = recipe or Recipe.local()
     q = np.asarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q)
@@ -87,6 +95,13 @@ def encrypt_query(
         if spec is None:
             raise ValueError("Pass `spec` with `model` to bind the query to the spec fingerprint.")
         fingerprint = spec.fingerprint(model)
+    if layout not in QUERY_LAYOUTS:
+        raise ValueError(f"Unknown query layout {layout!r}; use one of {list(QUERY_LAYOUTS)}.")
+    if layout == PACKED and not keys.public.can_rotate:
+        raise ValueError(
+            "These buyer keys have no rotation keys (made by an older tip_hf), which a packed query needs. Make new "
+            "keys (tip keygen / BuyerKeys.generate()), or pass layout='complex-pairs/3' (tip query --layout columns)."
+        )
     norm = float(np.linalg.norm(q))
     exponent = math.ceil(math.log2(norm)) if norm > 0 else 0
     scaled = q / 2.0**exponent
@@ -95,10 +110,17 @@ def encrypt_query(
     params, context = keys.public.params, keys.public.context
     encoder = seal.CKKSEncoder(context)
     encryptor = seal.Encryptor(context, keys.secret_key)  # symmetric: seeded, half the bytes
+    pairs = scaled[0::2] - 1j * scaled[1::2]
+    if layout == COLUMNS:  # pair t broadcast in every slot of ciphertext t
+        chunks: list[complex | list[complex]] = [complex(pair) for pair in pairs]
+    else:  # pairs [c n, (c + 1) n) in the n slots of ciphertext c, zero past the last
+        n = params.slots
+        padded = np.pad(pairs, (0, -pairs.size % n))
+        chunks = [padded[lo : lo + n].tolist() for lo in range(0, padded.size, n)]
     blobs = []
-    for t in range(scaled.size // 2):
+    for chunk in chunks:
         plain = seal.Plaintext()
-        encoder.encode(complex(scaled[2 * t], -scaled[2 * t + 1]), 2.0**params.query_scale_bits, plain)
+        encoder.encode(chunk, 2.0**params.query_scale_bits, plain)
         blobs.append(S.to_bytes(encryptor.encrypt_symmetric(plain)))
     seed = secrets.token_bytes(SEED_BYTES)
     secret = secret_rows(seed)  # slot i: R_i[0] - i R_i[1], the vector's complex-pairs form
@@ -110,7 +132,7 @@ def encrypt_query(
         "query_id": query_id,
         "context_hash": keys.context_hash,
         "proj_dim": int(q.size),
-        "layout": LAYOUT,
+        "layout": layout,
         "recipe": recipe.to_dict(),
         **spec_binding(spec, fingerprint),
     }
