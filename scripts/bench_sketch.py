@@ -1,6 +1,6 @@
 """Sketching throughput, side by side in one run: ours vs a training step vs the baselines.
 
-Methods (examples/s, higher is better; peak memory above the idle process):
+Methods (examples/s, higher is better; peak memory of each method in a fresh process):
 
 (a) plain forward+backward training step (all weights; and LoRA-only for the LoRA rows),
 (b) tip_hf GradientSketcher at k=1024 and 4096, all 16 linear (Conv1D) modules, and LoRA,
@@ -11,8 +11,9 @@ Methods (examples/s, higher is better; peak memory above the idle process):
 (e) EleutherAI bergson 2.5.1's build pass (per-module p x p Kronecker, p*p*16 = k), when
     ``import bergson`` works in this interpreter (``scripts/bench_sketch.sh`` makes a venv).
 
-Methods run interleaved for ``--rounds`` rounds and each reports its median, because a
-shared 2-core machine drifts by 2-3x within minutes.
+Methods run interleaved batch by batch for ``--rounds`` rounds and each reports the median
+of its per-batch examples/s, because a shared 2-core machine drifts by 2-3x within minutes.
+Peak memory is measured afterwards, each method in a fresh process (``peak_memory_mb``).
 
     python scripts/bench_sketch.py                 # CPU: GPT-2 4x256, seq 128, batch 16
     python scripts/bench_sketch.py --gpt2-small --device cuda
@@ -22,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -38,37 +40,46 @@ from tip_hf import GradientSketcher, ValuationSpec
 ALL_LINEAR = ["transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.*"]
 
 
-class PeakMemory:
-    """Peak memory above the start of the block: CUDA allocator, or process RSS sampled."""
+def peak_memory_mb(fn: Callable[[dict[str, torch.Tensor]], object], batches, device: torch.device) -> float:
+    """Peak memory of ``fn`` over ``batches`` above what the process held just before, after
+    a warm-up call. CUDA: the allocator's peak. CPU: the kernel's resident-set high-water mark
+    (``VmHWM``), reset through ``/proc/self/clear_refs`` so every byte counts, however short
+    lived; run it in a fresh process (see :func:`fresh_process_peaks`), because memory an
+    earlier method left in the allocator would be reused without showing up."""
+    fn(batches[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for batch in batches:
+            fn(batch)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    for batch in batches:
+        fn(batch)
+    return (_status_kb("VmHWM") - base) / 1024
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak = device, 0
 
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.proc, self.base, self.stop = psutil.Process(), psutil.Process().memory_info().rss, False
-            self.top = self.base
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
-    def _sample(self) -> None:
-        while not self.stop:
-            self.top = max(self.top, self.proc.memory_info().rss)
-            time.sleep(0.005)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.stop = True
-            self.thread.join()
-            self.peak = self.top - self.base
+def fresh_process_peaks(names: list[str]) -> dict[str, float]:
+    """Each method's :func:`peak_memory_mb` measured in its own fresh interpreter."""
+    peaks = {}
+    for name in names:
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--memory-of", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        peaks[name] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+    return peaks
 
 
 class DenseRademacher:
@@ -93,20 +104,15 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
 
 
-def time_method(fn: Callable[[dict[str, torch.Tensor]], object], batches, device) -> tuple[float, int]:
-    fn(batches[0])  # warm-up: allocations, projection factors
-    with PeakMemory(device) as mem:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        n = 0
-        for batch in batches:
-            fn(batch)
-            n += batch["input_ids"].shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-    return n / elapsed, mem.peak
+def time_call(fn: Callable[[dict[str, torch.Tensor]], object], batch: dict[str, torch.Tensor], device) -> float:
+    """Examples/s of one call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch["input_ids"].shape[0] / (time.perf_counter() - t0)
 
 
 def build(args, device: torch.device) -> GPT2LMHeadModel:
@@ -177,6 +183,8 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--gpt2-small", action="store_true", help="12 x 768 (GPT-2 small shape), for a GPU")
     parser.add_argument("--skip-slow-baselines", action="store_true", help="skip (c) and (d)")
+    parser.add_argument("--skip-memory", action="store_true", help="no peak-memory column (saves a process per method)")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one method's peak, in this process
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -253,25 +261,37 @@ def main() -> None:
             batches,
         )
 
-    results: dict[str, list[tuple[float, int]]] = {name: [] for name in methods}
+    if args.memory_of:
+        fn, data = methods[args.memory_of]
+        print(json.dumps({"peak_mb": peak_memory_mb(fn, data, device)}))
+        return
+    for fn, data in methods.values():
+        fn(data[0])  # warm-up: allocations, projection factors
+    results: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.rounds):
-        for name, (fn, data) in methods.items():
-            results[name].append(time_method(fn, data, device))
+        for i in range(args.batches):  # interleaved batch by batch: drift hits every method alike
+            for name, (fn, data) in methods.items():
+                if i < len(data):
+                    results[name].append(time_call(fn, data[i], device))
+    peaks = {} if args.skip_memory else fresh_process_peaks(list(methods))
 
     shape = "GPT-2 small 12x768" if args.gpt2_small else f"GPT-2 {args.layers}x{args.width}"
     print(
         f"\n{shape}, seq {args.seq}, batch {args.batch_size}, {device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; D = {dim:,} ({len(params)} Conv1D weights); "
-        f"median of {args.rounds} rounds\n"
+        f"median of {args.rounds} rounds x {args.batches} batches, interleaved\n"
     )
-    ref_full = statistics.median(r[0] for r in results["(a) training step, all weights"])
-    ref_lora = statistics.median(r[0] for r in results["(a) training step, LoRA r=8"])
+    ref_full = statistics.median(results["(a) training step, all weights"])
+    ref_lora = statistics.median(results["(a) training step, LoRA r=8"])
+    what = "CUDA allocator peak" if device.type == "cuda" else "peak RSS (VmHWM)"
+    if peaks:
+        print(f"peak MB: {what} above the process before the method, each method in a fresh process\n")
     print(f"{'method':<52}{'ex/s':>9}{'vs (a)':>9}{'peak MB':>10}")
     for name, runs in results.items():
-        rate = statistics.median(r[0] for r in runs)
-        peak = max(r[1] for r in runs) / 2**20
+        rate = statistics.median(runs)
         ref = ref_lora if "LoRA" in name else ref_full
-        print(f"{name:<52}{rate:>9.2f}{rate / ref:>8.2f}x{peak:>10.0f}")
+        peak = f"{peaks[name]:>10.0f}" if name in peaks else f"{'-':>10}"
+        print(f"{name:<52}{rate:>9.2f}{rate / ref:>8.2f}x{peak}")
 
 
 if __name__ == "__main__":

@@ -141,3 +141,27 @@ def test_projection_matches_explicit_gradients():
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+def test_token_cross_entropy_gradient_matches_autograd():
+    """The per-example loss's own backward (in-place softmax - onehot) equals autograd's
+    log_softmax + nll_loss, ignored tokens included; a second backward is refused."""
+    from tip_hf.loss import per_example_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, generator=gen) * 4
+    labels = torch.randint(0, 11, (3, 6), generator=gen)
+    labels[0, :2] = labels[2, 3:] = -100
+    ours = logits.clone().requires_grad_(True)
+    losses, counts = per_example_loss(ours, labels, "causal_lm")
+    weights = torch.tensor([0.5, -1.0, 2.0])
+    (losses * weights).sum().backward(retain_graph=True)
+    reference = logits.clone().requires_grad_(True)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    token = F.cross_entropy(reference.flatten(0, 1), targets.flatten(), reduction="none").view(3, 6)
+    ref_losses = token.sum(1) / counts
+    (ref_losses * weights).sum().backward()
+    torch.testing.assert_close(losses, ref_losses)
+    torch.testing.assert_close(ours.grad, reference.grad, rtol=1e-6, atol=1e-7)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        losses.sum().backward()

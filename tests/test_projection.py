@@ -111,6 +111,34 @@ def test_jl_inner_products(k):
     assert (norm_rel.abs() <= eps).float().mean().item() >= 0.99
 
 
+def test_gradient_first_path_equals_token_path():
+    """Modules whose input side is exact (LoRA's B, exact heads) contract over tokens first
+    (`ModuleBlock.gradient_first`); every module's `sketch_module` equals projecting each
+    token's sides and summing their outer products (`project_side` + `combine`), padding
+    zeroed, to float32 rounding -- NaN at a padding position included."""
+    targets = [
+        Target("lora_A.default", "linear", 40, 4),  # exact out side: the token path
+        Target("lora_B.default", "linear", 4, 40),  # exact in side
+        Target("head", "linear", 6, 3),  # both sides exact
+    ]
+    proj = KroneckerProjection(targets, proj_dim=64, seed=3, factor=8, blocks=3)
+    assert [b.gradient_first for b in proj.layout.values()] == [False, True, True]
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[1, 4:] = mask[3, 2:] = False
+    for target in targets:
+        x = torch.randn(5, 7, target.d_in, generator=gen)
+        d = torch.randn(5, 7, target.d_out, generator=gen)
+        x[~mask] = d[~mask] = float("nan")
+        keep = mask[:, :, None, None]
+        d_proj = torch.where(keep, proj.project_side(target.name, "out", d), 0.0)
+        x_proj = torch.where(keep, proj.project_side(target.name, "in", x), 0.0)
+        tokens = proj.combine(target.name, d_proj, x_proj)
+        fused = proj.sketch_module(target.name, proj.keep_input(target.name, x), d, mask)
+        assert fused.shape == (5, proj.layout[target.name].size) and torch.isfinite(fused).all()
+        torch.testing.assert_close(fused, tokens, rtol=1e-5, atol=1e-5)
+
+
 def test_fold_is_lossless_at_equal_dimension():
     """When the intermediate dimension equals k, the fold is a signed permutation."""
     proj = KroneckerProjection([Target("m", "linear", 32, 32)], proj_dim=256, seed=0, factor=16, blocks=1)

@@ -1,11 +1,12 @@
 """Forward hooks that collect what a per-example gradient sketch needs, for a whole batch.
 
 For a target module ``y = W x`` the per-example weight gradient is ``sum_t delta_t x_t^T``
-with ``delta = dL/dy``. The forward hook projects each input ``x`` right away (keeping only
-``[N, T, blocks, r]``) and keeps a handle on the output ``y``; after the forward pass one
-``torch.autograd.grad(loss, outputs)`` returns every ``delta`` at once -- one backward pass
-for the batch, and no weight gradient is ever computed. Padding tokens are zeroed on both
-sides, and all hook arithmetic runs in ``float32`` with autocast disabled.
+with ``delta = dL/dy``. The forward hook keeps what the projection needs of each input ``x``
+(its projection ``[N, T, blocks, r]``, or ``x`` itself where a side is exact, see
+:meth:`KroneckerProjection.keep_input`) and a handle on the output ``y``; after the forward
+pass one ``torch.autograd.grad(loss, outputs)`` returns every ``delta`` at once -- one
+backward pass for the batch, and no weight gradient is ever computed. Padding tokens are
+zeroed on both sides, and all hook arithmetic runs in ``float32`` with autocast disabled.
 
 One :class:`GradientCapture` owns every hook handle; it is a context manager that removes
 them on exit, exceptions included.
@@ -41,14 +42,6 @@ def _per_token(values: torch.Tensor, n: int) -> torch.Tensor:
     return values.flatten(1, -2)
 
 
-def _drop_padding(projected: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero padding tokens of ``[N, T, blocks, r]`` (after projecting: r << d is cheaper).
-    ``where``, not a product, so a NaN at a padding position cannot leak."""
-    if mask is None or projected.shape[1] != mask.shape[1]:
-        return projected
-    return torch.where(mask[:, :, None, None], projected, 0.0)
-
-
 class GradientCapture:
     """Hooks on the target modules; yields per-example intermediate sketches ``[N, M]``.
 
@@ -75,7 +68,8 @@ class GradientCapture:
         self.mode = mode
         self.accumulated: torch.Tensor | None = None  # hook mode: [N, M] of the current batch
         self._handles: list[RemovableHandle] = []
-        self._mask: torch.Tensor | None = None
+        self._active = False
+        self._mask: torch.Tensor | None = None  # None: no padding in this batch
         self._n = 0
         # per module name: one entry per call of the module in this forward pass
         self._inputs: dict[str, list[torch.Tensor]] = {}
@@ -102,23 +96,25 @@ class GradientCapture:
         self._handles.clear()
         self._inputs.clear()
         self._outputs.clear()
-        self._mask = None
+        self._active, self._mask = False, None
 
     def begin(self, token_mask: torch.Tensor) -> None:
         """Start a batch: ``token_mask`` is ``[N, T]``, True on tokens that are not padding."""
         self._inputs = {t.name: [] for t, _ in self.targets}
         self._outputs = {t.name: [] for t, _ in self.targets}
-        self._mask = token_mask.bool()
+        mask = token_mask.bool()
+        self._mask = None if bool(mask.all()) else mask  # no padding: nothing to zero per module
         self._n = token_mask.shape[0]
+        self._active = True
         self.accumulated = None
 
     def pause(self) -> None:
         """Ignore forward passes until the next :meth:`begin` (evaluation, skipped steps)."""
-        self._mask = None
+        self._active = False
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            if self._mask is None:
+            if not self._active:
                 return  # the model ran outside a sketch (e.g. a generate() call)
             if not output.requires_grad:
                 if self.mode == "hook":
@@ -128,13 +124,12 @@ class GradientCapture:
                     "per-example gradient cannot be taken. Run the forward pass with grad enabled."
                 )
             with torch.autocast(device_type=output.device.type, enabled=False):
-                inputs = _per_token(args[0].detach(), self._n)
-                projected = _drop_padding(self.projection.project_side(name, "in", inputs), self._mask)
+                kept = self.projection.keep_input(name, _per_token(args[0].detach(), self._n))
             if self.mode == "grad":
-                self._inputs[name].append(projected)
+                self._inputs[name].append(kept)
                 self._outputs[name].append(output)
             else:
-                output.register_hook(lambda grad: self._on_grad(name, projected, grad))
+                output.register_hook(lambda grad: self._on_grad(name, kept, grad))
 
         return hook
 
@@ -148,31 +143,33 @@ class GradientCapture:
             )
         return [out for outs in self._outputs.values() for out in outs]
 
-    def _combine(self, name: str, x_proj: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    def _combine(self, name: str, kept: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         deltas = _per_token(grad, self._n)
-        d_proj = _drop_padding(self.projection.project_side(name, "out", deltas), self._mask)
-        return self.projection.combine(name, d_proj, x_proj)
+        mask = self._mask if self._mask is not None and deltas.shape[1] == self._mask.shape[1] else None
+        return self.projection.sketch_module(name, kept, deltas, mask)
 
-    def _on_grad(self, name: str, x_proj: torch.Tensor, grad: torch.Tensor) -> None:
+    def _on_grad(self, name: str, kept: torch.Tensor, grad: torch.Tensor) -> None:
         with torch.no_grad(), torch.autocast(device_type=grad.device.type, enabled=False):
             if self.accumulated is None:
                 self.accumulated = torch.zeros(self._n, self.projection.intermediate_dim, device=grad.device)
             block = self.projection.layout[name]
-            self.accumulated[:, block.offset : block.offset + block.size] += self._combine(name, x_proj, grad)
+            self.accumulated[:, block.offset : block.offset + block.size] += self._combine(name, kept, grad)
 
     def intermediate(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """Combine captured inputs with output gradients (same order as :meth:`outputs`)."""
+        """Combine captured inputs with output gradients (same order as :meth:`outputs`):
+        ``[N, intermediate_dim]``, one ``cat`` of per-module pieces in layout order."""
         device = next(iter(self._outputs.values()))[0].device
-        z = torch.zeros(self._n, self.projection.intermediate_dim, device=device)
+        pieces: dict[str, torch.Tensor] = {}
         position = 0
-        with torch.autocast(device_type=device.type, enabled=False):
-            for name, inputs in self._inputs.items():
-                block = self.projection.layout[name]
-                span = slice(block.offset, block.offset + block.size)
-                for x_proj in inputs:
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            for name, kept_per_call in self._inputs.items():
+                for kept in kept_per_call:
                     grad = grads[position]
                     position += 1
-                    if grad is None:
-                        continue  # the loss does not depend on this call
-                    z[:, span] += self._combine(name, x_proj, grad)
-        return z
+                    if grad is not None:  # None: the loss does not depend on this call
+                        part = self._combine(name, kept, grad)
+                        pieces[name] = pieces[name] + part if name in pieces else part
+        for name, block in self.projection.layout.items():
+            if name not in pieces:
+                pieces[name] = torch.zeros(self._n, block.size, device=device)
+        return torch.cat([pieces[name] for name in self.projection.layout], 1)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
         # Shift the labels, not the logits (as transformers does): no copy of [N, T, V].
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         _check_ids(targets, logits.shape[-1], "label token")
-        token_losses = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view_as(targets)
+        token_losses = _TokenCrossEntropy.apply(logits.flatten(0, 1), targets.flatten()).view_as(targets)
         counts = (targets != IGNORE_INDEX).sum(1)
         return token_losses.sum(1) / counts.clamp(min=1), counts
     if task == "sequence_classification":
@@ -71,6 +69,38 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> 
         _check_ids(labels, logits.shape[-1], "label", allow_ignore=False)
         return F.cross_entropy(logits, labels, reduction="none"), ones
     raise ValueError(f"Invalid task: {task!r}. Must be one of 'causal_lm', 'sequence_classification'.")
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy ``[R, V] -> [R]`` (``float32``; 0 on ignored tokens) whose
+    backward turns its own saved log-probabilities into the gradient in place.
+
+    Why: autograd's ``log_softmax`` + ``nll_loss`` keep ``[R, V]`` log-probabilities and then
+    allocate a zero-filled ``[R, V]`` gradient of ``nll_loss`` beside the ``[R, V]`` gradient
+    of ``log_softmax``; with GPT-2's 50k vocabulary these are the largest tensors and passes
+    of a sketch pass. Here the backward is ``exp`` in place, ``-1`` at the targets and one
+    scaling: the same numbers up to float32 rounding, one ``[R, V]`` tensor instead of three.
+    A second backward through the same graph is refused by autograd (the saved tensor was
+    modified), so the in-place reuse cannot go unnoticed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, -1, dtype=torch.float32)
+        valid = targets != IGNORE_INDEX
+        safe = targets.masked_fill(~valid, 0)
+        picked = log_probs.gather(1, safe[:, None]).squeeze(1)
+        ctx.save_for_backward(log_probs, safe, valid)
+        ctx.logits_dtype = logits.dtype
+        return torch.where(valid, -picked, 0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, safe, valid = ctx.saved_tensors
+        weight = torch.where(valid, grad.float(), 0.0)[:, None]
+        out = log_probs.exp_()  # softmax, in the saved tensor: nothing else reads it
+        out.scatter_add_(1, safe[:, None], -valid[:, None].float())  # - onehot, without a host sync
+        return out.mul_(weight).to(ctx.logits_dtype), None
 
 
 def _check_ids(ids: torch.Tensor, size: int, what: str, allow_ignore: bool = True) -> None:

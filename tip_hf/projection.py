@@ -61,6 +61,17 @@ class ModuleBlock:
         return self.r_in < self.target.d_in
 
     @property
+    def gradient_first(self) -> bool:
+        """Contract over tokens before projecting: the input side is kept exactly (LoRA's B
+        factor, whose inputs are ``r_lora`` wide, or an exact head). The inputs are then no
+        wider than their projection, so keeping them costs nothing extra, and forming the
+        per-example gradient ``[d_out, d_in]`` with one ``bmm`` before projecting it costs
+        ``T * d_out * d_in + d_out * d_in * blocks * r`` flops instead of the
+        ``T * d_out * blocks * r`` of projecting every token's output gradient: about
+        ``blocks * r / d_in`` fewer (8x for LoRA r=8 at 4 blocks of 16)."""
+        return not self.project_in
+
+    @property
     def size(self) -> int:
         return self.blocks * self.r_out * self.r_in
 
@@ -199,6 +210,34 @@ class KroneckerProjection:
             return values.unsqueeze(-2)
         return (values @ factor.T).unflatten(-1, (block.blocks, -1))
 
+    def keep_input(self, name: str, inputs: torch.Tensor) -> torch.Tensor:
+        """What to keep of a module's inputs ``[N, T, d_in]`` until its output gradients
+        arrive: their projection (:meth:`project_side`), or, for a
+        :attr:`ModuleBlock.gradient_first` module, the inputs themselves (no wider than it)."""
+        if self.layout[name].gradient_first:
+            return inputs
+        return self.project_side(name, "in", inputs)
+
+    def sketch_module(
+        self, name: str, kept: torch.Tensor, deltas: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-example sketch of one module from what :meth:`keep_input` kept and the output
+        gradients ``deltas`` ``[N, T, d_out]``: ``[N, size]`` ``float32``, scaled.
+
+        ``mask`` ``[N, T]`` (True on real tokens) zeroes the other tokens on both sides with
+        ``where``, so a NaN at a padding position cannot leak into the sum."""
+        block = self.layout[name]
+        if not block.gradient_first:
+            projected = self.project_side(name, "out", deltas)
+            return self.combine(name, _where(projected, mask), _where(kept, mask))
+        p_out = self.factors(name, deltas.device)[0]
+        x, d = _where(kept.float(), mask), _where(deltas.float(), mask)
+        if p_out is None:  # both sides exact: the gradient itself, sum_t d_t x_t^T
+            g = d.transpose(1, 2) @ x
+        else:  # G^T = sum_t x_t d_t^T [N, d_in, d_out], then P_out G per block -> [N, B, r, d_in]
+            g = ((x.transpose(1, 2) @ d) @ p_out.T).unflatten(-1, (block.blocks, -1)).permute(0, 2, 3, 1)
+        return g.reshape(deltas.shape[0], block.size) * block.scale
+
     def combine(self, name: str, deltas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Per-example Kronecker sketch of one module from projected sides:
         ``sum_t deltas[:, t, b] inputs[:, t, b]^T`` for every block ``b``.
@@ -277,6 +316,13 @@ class KroneckerProjection:
             local = local.reshape(t.numel, -1) * (block.scale * signs[span].double())
             rows.append(torch.zeros(t.numel, k, dtype=torch.float64).index_add_(1, column[span], local))
         return torch.cat(rows)
+
+
+def _where(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the tokens of ``values`` ``[N, T, ...]`` where ``mask`` ``[N, T]`` is False."""
+    if mask is None:
+        return values
+    return torch.where(mask.view(*mask.shape, *([1] * (values.dim() - 2))), values, 0.0)
 
 
 def _projects(target: Target, factor: int) -> bool:
