@@ -28,6 +28,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tip_hf import SketchStore, plaintext_values
 from tip_hf.he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted
+from tip_hf.he.params import COLUMNS, PACKED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -133,7 +134,10 @@ def score_privately(
         keys = BuyerKeys.generate()
         seconds["keygen"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    enc_query = encrypt_query(query, keys, store.spec, fingerprint=store.fingerprint)
+    # per-example values over many candidates: a column query (no rotations, and a seller
+    # without DP scores only column queries: ReleasePolicy.allow_packed_without_dp)
+    layout = COLUMNS if per_example else PACKED
+    enc_query = encrypt_query(query, keys, store.spec, fingerprint=store.fingerprint, layout=layout)
     seconds["encrypt_query"] = time.perf_counter() - clock
     policy = ReleasePolicy(min_examples=1, allow_example_release=True)
     clock = time.perf_counter()

@@ -90,7 +90,9 @@ def main() -> None:
     q = sketcher.sketch({**batch, "labels": torch.tensor(eval_set["label"])}).double().mean(0).numpy()
     keys = BuyerKeys.generate()
     keys.save(work / "buyer")
-    encrypt_query(q, keys, spec, model=model).save(work / "query.tip")
+    # a column query: this seller scores without DP (below), and then only column queries
+    # (a packed query's rotations would run the buyer's keys over its data; docs/threat-model.md)
+    encrypt_query(q, keys, spec, model=model, layout="complex-pairs/3").save(work / "query.tip")
 
     # seller: three corpora, sketched locally, scored under the buyer's key
     parts = {

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from tip_hf import SketchStore, plaintext_values  # noqa: E402
 from tip_hf.he import BuyerKeys, ReleasePolicy, decrypt_scores, encrypt_query, score_encrypted  # noqa: E402
+from tip_hf.he.params import COLUMNS, PACKED  # noqa: E402
 
 EPSILONS: list[float | None] = [0.5, 1.0, 2.0, 4.0, 8.0, None]
 
@@ -52,7 +53,9 @@ def released_means(store: SketchStore, query: np.ndarray, keys: BuyerKeys, epsil
     """One fresh corpus version (the stored noise is discarded first), scored and decrypted."""
     shutil.rmtree(store.path / "dp", ignore_errors=True)
     policy = ReleasePolicy.conservative(epsilon=epsilon, min_examples=10)
-    result = score_encrypted(encrypt_query(query, keys), store, keys.public, policy=policy, progress=False)
+    layout = PACKED if policy.dp else COLUMNS  # without DP the seller scores only column queries
+    query_message = encrypt_query(query, keys, layout=layout)
+    result = score_encrypted(query_message, store, keys.public, policy=policy, progress=False)
     return {str(r["corpus"]): float(r["mean"]) for r in decrypt_scores(result, keys).rows if r["released"]}
 
 

@@ -148,6 +148,7 @@ def main() -> None:
         return
     from tip_hf import SketchStore
     from tip_hf.he import BuyerKeys, encrypt_query
+    from tip_hf.he.params import COLUMNS
 
     print(f"tiny BERT 2x32, k={K}, shards of 1024, {os.cpu_count()} CPU cores, torch {torch.__version__}")
     print("work s = the slowest process's time inside tip_hf (wall s adds interpreter + launcher start-up)\n")
@@ -168,7 +169,8 @@ def main() -> None:
             keys = BuyerKeys.generate()
             keys.save(work / "keys")
             q = torch.randn(K, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-            encrypt_query(q, keys, a.spec, fingerprint=a.fingerprint).save(work / "query.tip")
+            # a column query: the per-example release multiplies without rotating
+            encrypt_query(q, keys, a.spec, fingerprint=a.fingerprint, layout=COLUMNS).save(work / "query.tip")
             for task in ("score-example", "score-corpus"):
                 for processes in (1, 2):
                     r = run(task, n, work, processes)

@@ -412,7 +412,8 @@ def seller_and_buyer_files(tmp_path: Path) -> None:
                                     spec, "f" * 64)  # fmt: skip
     keys = BuyerKeys.generate("n8192")
     keys.save(tmp_path / "keys")
-    encrypt_query(torch.randn(16, generator=gen), keys, spec).save(tmp_path / "query.tip")
+    # a column query: these sellers score with --no-dp
+    encrypt_query(torch.randn(16, generator=gen), keys, spec, layout="complex-pairs/3").save(tmp_path / "query.tip")
 
 
 def test_interrupted_score_charges_no_query(tmp_path, monkeypatch):

@@ -319,8 +319,11 @@ def test_cli_recipe_query_scores_and_verifies(market):
               "--batch-size", "8", cwd=buyer)  # fmt: skip
     assert "recipe: sgd lr=0.05 1 epoch(s) bs=8" in out.stdout
     shutil.copy(buyer / "recipe.tip", seller / "recipe.tip")
+    refused = tip("score", "--store", "store", "--query", "recipe.tip", "--context", "public_context.tip",
+                  "--min-examples", "2", "--no-dp", "-o", "recipe-scores.tip", cwd=seller, check=False)  # fmt: skip
+    assert refused.returncode == 1 and "--layout columns" in refused.stderr  # a packed query without DP
     tip("score", "--store", "store", "--query", "recipe.tip", "--context", "public_context.tip", "--min-examples", "2",
-        "--no-dp", "-o", "recipe-scores.tip", cwd=seller)  # fmt: skip
+        "--no-dp", "--allow-packed-without-dp", "-o", "recipe-scores.tip", cwd=seller)  # fmt: skip
     shutil.copy(seller / "recipe-scores.tip", buyer / "recipe-scores.tip")
     revealed = tip("reveal", "--scores", "recipe-scores.tip", "--keys", "keys", "-o", "recipe-values.json", cwd=buyer)
     assert "values predict the eval-loss drop of fine-tuning with: sgd lr=0.05" in revealed.stdout

@@ -126,7 +126,8 @@ def test_two_processes_score_like_one(tmp_path):
     keys = BuyerKeys.generate()
     keys.save(tmp_path / "keys")
     q = rng.normal(size=64)
-    encrypt_query(q, keys, store.spec, fingerprint=store.fingerprint).save(tmp_path / "query.tip")
+    query = encrypt_query(q, keys, store.spec, fingerprint=store.fingerprint, layout="complex-pairs/3")  # per example
+    query.save(tmp_path / "query.tip")
     (tmp_path / "public_context.tip").write_bytes((tmp_path / "keys" / "public_context.tip").read_bytes())
     out = launch(2, SCORE, str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]

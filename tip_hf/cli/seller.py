@@ -139,6 +139,13 @@ def score(
     flood_bits: Annotated[int, typer.Option(help="Statistical security of the noise flooding (bits).")] = 40,
     allow_example_release: Annotated[bool, typer.Option(help="Permit --release example (needs --no-dp).")] = False,
     allow_exact_sketches: Annotated[bool, typer.Option(help="Score sketches as long as the gradient.")] = False,
+    allow_packed_without_dp: Annotated[
+        bool,
+        typer.Option(
+            help="Score a packed query with --no-dp (only if you trust the buyer's keys; else ask for a column "
+            "query: tip query --layout columns)."
+        ),
+    ] = False,
     max_queries: Annotated[int | None, typer.Option(help="Answer at most this many queries per buyer.")] = None,
     max_epsilon: Annotated[float | None, typer.Option(help="Cap the epsilon composed over corpus versions.")] = None,
     ledger: Annotated[Path | None, typer.Option(help="Your ledger file (queries per buyer, DP versions).")] = None,
@@ -168,6 +175,7 @@ def score(
         max_epsilon=max_epsilon,
         ledger=None if ledger is None else str(ledger),
         allow_exact_sketches=allow_exact_sketches,
+        allow_packed_without_dp=allow_packed_without_dp,
     )
     _, main = device_and_main()
     result = score_encrypted(

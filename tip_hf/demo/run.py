@@ -192,7 +192,9 @@ def _run(config: DemoConfig) -> DemoResult:
         batch_size=16,
         optimizer="adam" if "adam" in config.realized_optim else "sgd",
     ).with_trust_radius(bundle.summary["eval_loss"], bundle.summary["eval_gradient_norm"])
-    encrypt_query(bundle.query, keys, bundle.spec, fingerprint=bundle.fingerprint, recipe=recipe).save(
+    # without DP the seller scores only column queries (ReleasePolicy.allow_packed_without_dp)
+    layout = "packed/1" if config.epsilon is not None else "complex-pairs/3"
+    encrypt_query(bundle.query, keys, bundle.spec, fingerprint=bundle.fingerprint, recipe=recipe, layout=layout).save(
         exchange / "query.tip"
     )
     lap("keys + encrypted query")

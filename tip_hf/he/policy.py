@@ -74,6 +74,14 @@ class ReleasePolicy:
         allow_exact_sketches: score stores whose sketch is as long as the gradient
             (``proj_dim >= D``, an invertible map): a buyer-crafted model then reads corpus
             aggregates of raw gradient coordinates. Off unless the seller opts in.
+        allow_packed_without_dp: score a packed query (the default query layout) without DP.
+            Its rotations run the buyer's Galois keys over ciphertexts that depend on the
+            seller's data, and a forged key (the seller cannot check one) reads raw sketch
+            coordinates instead of one value per corpus (docs/threat-model.md). Under DP that is
+            post-processing of the noised sums; without DP a column query (``tip query
+            --layout columns``) needs no rotation. On in the plain constructor, which trusts the
+            buyer (it restricts nothing, per-example values included); off in
+            :meth:`conservative` and in ``tip score`` (``--allow-packed-without-dp``).
     """
 
     min_examples: int = 1
@@ -89,12 +97,19 @@ class ReleasePolicy:
     max_epsilon: float | None = None
     ledger: str | None = None
     allow_exact_sketches: bool = False
+    allow_packed_without_dp: bool = True
 
     @classmethod
     def conservative(cls, **overrides: Any) -> ReleasePolicy:
         """Aggregates of >= 10 distinct examples only, no per-example values, DP on at
-        ``epsilon = DEFAULT_EPSILON`` with an automatic clip. ``epsilon=None`` turns DP off."""
-        settings: dict[str, Any] = {"min_examples": 10, "allow_example_release": False, "epsilon": DEFAULT_EPSILON}
+        ``epsilon = DEFAULT_EPSILON`` with an automatic clip. ``epsilon=None`` turns DP off
+        (and then packed queries are refused: ``allow_packed_without_dp``)."""
+        settings: dict[str, Any] = {
+            "min_examples": 10,
+            "allow_example_release": False,
+            "epsilon": DEFAULT_EPSILON,
+            "allow_packed_without_dp": False,
+        }
         if "noise_multiplier" in overrides:
             settings.pop("epsilon")
         return cls(**{**settings, **overrides})

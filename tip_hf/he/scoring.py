@@ -180,6 +180,13 @@ def score_encrypted(
     ledger = _ledger(policy, buyer)
     kernel = QueryKernel(query, public, policy.flood_bits)
     kernel.check_precision()
+    if kernel.layout == PACKED and not policy.dp and not policy.allow_packed_without_dp:
+        raise PolicyError(
+            "A packed query is scored only under DP: its rotations use the buyer's Galois keys on data-dependent "
+            "ciphertexts, and forged keys read raw sketch coordinates. Ask the buyer for a column query (tip query "
+            "--layout columns), keep DP on, or opt in with ReleasePolicy(allow_packed_without_dp=True) (tip score "
+            "--allow-packed-without-dp)."
+        )
     header: dict[str, Any] = {
         "query_id": query.header.get("query_id"),
         "context_hash": public.hash,
@@ -193,7 +200,7 @@ def score_encrypted(
     rank, world = rank_and_world()
     opened_ids: dict[str, list[str]] = {}
     if release == "example":
-        if kernel.layout == PACKED and len(store) > kernel.params.slots:
+        if kernel.layout == PACKED and len(store) > kernel.params.slots:  # the seller trusts the keys (opt-in)
             logger.warning(
                 "Scoring %d examples one by one under a packed query: ~5 ms each (%d rotations per block of as "
                 "many examples). A column query (tip query --layout columns) needs no rotation: 4x (k=4096) to 100x "
