@@ -55,10 +55,11 @@ def conjugation_only_context_mb(keys: BuyerKeys) -> float:
     return (len(keys.public.blobs[0]) + len(keys.public.blobs[1]) + len(S.to_bytes(galois))) / 1e6
 
 
-def store_of(tmp: str, sketches: np.ndarray, corpora: int, k: int) -> SketchStore:
+def store_of(tmp: str, sketches: np.ndarray, corpora: int, k: int, prefix: str = "") -> SketchStore:
     labels = [f"c{i % corpora}" for i in range(len(sketches))]
     spec = ValuationSpec(targets=["bench"], proj_dim=k)
-    return SketchStore.from_arrays(Path(tmp) / f"s{k}-{corpora}", torch.from_numpy(sketches), labels, spec, "f" * 64)
+    path = Path(tmp) / f"{prefix}s{k}-{corpora}"
+    return SketchStore.from_arrays(path, torch.from_numpy(sketches), labels, spec, "f" * 64)
 
 
 def per_corpus(keys: BuyerKeys, dims: list[int], n: int, corpora: int, rng: np.random.Generator) -> None:
@@ -100,7 +101,7 @@ def per_example(keys: BuyerKeys, dims: list[int], n: int, packed_n: int, naive_n
         with tempfile.TemporaryDirectory() as tmp:
             for layout in (PACKED, COLUMNS):
                 m = min(count, packed_n) if layout == PACKED else count
-                store = store_of(tmp, sketches[:m], 10, k) if m < count else store_of(tmp, sketches, 10, k)
+                store = store_of(tmp, sketches[:m], 10, k, f"{layout.split('/')[0]}-")
                 query = encrypt_query(q, keys, store.spec, layout=layout)
                 t0 = time.perf_counter()
                 result = score_encrypted(query, store, keys.public, "example", policy, progress=False)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Iterable
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -186,41 +187,37 @@ class QueryKernel:
 
     def _products(self, cts: list[seal.Ciphertext], pairs: np.ndarray) -> seal.Ciphertext:
         """``sum_t cts[t] * Encode(pairs[t])``, no rescale; an encryption of zero if every column is zero."""
-        acc = None
-        for ct, column in zip(cts, pairs, strict=True):
+        acc = self._add(None, cts, pairs)
+        return self._zero() if acc is None else acc  # nothing released in this block: zero
+
+    def _add(
+        self, acc: seal.Ciphertext | None, cts: list[seal.Ciphertext], columns: Iterable[np.ndarray]
+    ) -> seal.Ciphertext | None:
+        """``acc + sum_t cts[t] * Encode(columns[t])``, skipping all-zero columns; None while nothing was added."""
+        for ct, column in zip(cts, columns, strict=True):
             if not column.any():
                 continue
-            product = self._times(ct, column.tolist())
+            plain, product = seal.Plaintext(), seal.Ciphertext()
+            self.encoder.encode(column.tolist(), ct.parms_id(), self.plain_scale, plain)
+            self.evaluator.multiply_plain(ct, plain, product)
             if acc is None:
                 acc = product
             else:
                 self.evaluator.add_inplace(acc, product)
-        return self._zero() if acc is None else acc  # nothing released in this block: zero
+        return acc
 
     def _packed_products(self, pairs: np.ndarray, period: int) -> seal.Ciphertext:
         """Slot ``u`` of the result: ``sum_t a_t pairs[u mod period, t]``, for every ``u``
         (``pairs``: ``[m <= period, d]``; rows past m are zero). Horner over the ``period``
         diagonals, then a fold of ``n / period`` copies; rotations act on products only."""
         n, evaluator, keys = self.params.slots, self.evaluator, self.public.galois_keys
-        m, d = pairs.shape
         slot = np.arange(n)
         acc: seal.Ciphertext | None = None
         for j in reversed(range(period)):
             if acc is not None:
                 evaluator.rotate_vector_inplace(acc, 1, keys)
             rows = (slot - j) % period
-            for c, ct in enumerate(self.cts):
-                cols = c * n + slot
-                inside = (rows < m) & (cols < d)
-                diagonal = np.zeros(n, dtype=complex)
-                diagonal[inside] = pairs[rows[inside], cols[inside]]
-                if not diagonal.any():
-                    continue
-                product = self._times(ct, diagonal.tolist())
-                if acc is None:
-                    acc = product
-                else:
-                    evaluator.add_inplace(acc, product)
+            acc = self._add(acc, self.cts, (self._diagonal(pairs, rows, c * n + slot) for c in range(len(self.cts))))
         if acc is None:
             return self._zero()
         step = period
@@ -231,11 +228,13 @@ class QueryKernel:
             step *= 2
         return acc
 
-    def _times(self, ct: seal.Ciphertext, values: list[complex]) -> seal.Ciphertext:
-        plain, product = seal.Plaintext(), seal.Ciphertext()
-        self.encoder.encode(values, ct.parms_id(), self.plain_scale, plain)
-        self.evaluator.multiply_plain(ct, plain, product)
-        return product
+    @staticmethod
+    def _diagonal(pairs: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``pairs[rows[u], cols[u]]`` per slot ``u``, zero where the row or column lies past ``pairs``."""
+        inside = (rows < pairs.shape[0]) & (cols < pairs.shape[1])
+        diagonal = np.zeros(len(rows), dtype=complex)
+        diagonal[inside] = pairs[rows[inside], cols[inside]]
+        return diagonal
 
     def _zero(self) -> seal.Ciphertext:
         """An encryption of zero at the product scale (a block with nothing to release)."""
